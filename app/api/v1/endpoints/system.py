@@ -1,0 +1,96 @@
+"""Health, version and the operations this instance offers."""
+
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.core.config import API_VERSION, VERSION
+from app.schemas.system import HealthResponse, ModelStatus, Operation, OperationsResponse, VersionResponse
+
+router = APIRouter(tags=["system"])
+
+_LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "pyiqa",
+         "deepface", "scikit-learn", "litellm")
+
+
+def health_payload(request: Request) -> tuple[HealthResponse, int]:
+    state = request.app.state
+    registry = state.registry
+    models = {name: ModelStatus(**info) for name, info in registry.status().items()}
+    problems = []
+    for name, m in models.items():
+        if m.preload and m.state == "failed":
+            problems.append(f"preloaded model {name} failed: {m.last_error}")
+    if getattr(state.pool, "_shutdown", False):
+        problems.append("the worker pool is shut down")
+    if problems:
+        status = "unavailable"
+    elif any(m.state == "failed" or not m.files_present for m in models.values()):
+        status = "degraded"
+    else:
+        status = "ok"
+    body = HealthResponse(status=status, version=VERSION, api_version=API_VERSION,
+                          uptime_s=round(time.time() - state.started_at, 3), device=registry.device,
+                          models=models, problems=problems)
+    return body, 503 if status == "unavailable" else 200
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness and readiness, with every model's state",
+            responses={503: {"model": HealthResponse, "description": "A preloaded model failed."}})
+async def health(request: Request):
+    body, code = health_payload(request)
+    return JSONResponse(body.model_dump(mode="json"), status_code=code)
+
+
+@router.get("/version", response_model=VersionResponse, summary="Version of Loupe and its main libraries")
+async def version() -> VersionResponse:
+    libs = {}
+    for lib in _LIBS:
+        try:
+            libs[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return VersionResponse(version=VERSION, api_version=API_VERSION, python=platform.python_version(), libraries=libs)
+
+
+def operations_list(request: Request) -> list[Operation]:
+    s = request.app.state.settings
+    registry = request.app.state.registry
+    status = registry.status()
+
+    def op(name, flag, endpoint, description, models, settings):
+        ready = all(status[m]["state"] == "ready" for m in models if m in status)
+        available = all(status[m]["files_present"] and status[m]["state"] != "failed" for m in models if m in status)
+        return Operation(name=name, flag=flag, endpoint=endpoint, description=description, models=models,
+                         ready=ready, available=available or ready, settings=settings)
+
+    return [
+        op("blur", "run_blur", "/v1/analyze", "Variance of the Laplacian at ANALYSIS_MAX_DIM.", [],
+           {"blur_threshold": s.blur_threshold, "analysis_max_dim": s.analysis_max_dim}),
+        op("exposure", "run_exposure", "/v1/analyze", "Mean brightness, clipped shadows and highlights.", [],
+           {"bright_min": s.bright_min, "bright_max": s.bright_max, "shadow_clip_max": s.shadow_clip_max,
+            "highlight_clip_max": s.highlight_clip_max}),
+        op("quality_gate", None, "/v1/quality", "Pass/fail from blur, brightness and size.", [],
+           {"blur_threshold": s.blur_threshold, "bright_min": s.bright_min, "bright_max": s.bright_max,
+            "min_side_px": s.min_side_px}),
+        op("quality", "run_quality", "/v1/analyze", "0–1 quality score from blur, exposure, BRISQUE and NIMA technical "
+           "(whichever are available), plus NIQE.", ["brisque", "niqe", "nima_technical"], {"quality_min": s.quality_min}),
+        op("aesthetic", "run_aesthetic", "/v1/analyze", "NIMA aesthetic (AVA); LAION aesthetic when CLIP runs.",
+           ["nima_aesthetic"], {}),
+        op("embedding", "run_embedding", "/v1/analyze", "CLIP image embedding.", ["clip"],
+           {"clip_model_name": s.clip_model_name}),
+        op("faces", "run_faces", "/v1/analyze", "Face boxes and landmarks (YuNet).", ["faces"],
+           {"emotion_max_dim": s.emotion_max_dim}),
+        op("emotion", "run_emotion", "/v1/analyze", "Emotion per face (DeepFace).", ["emotion"],
+           {"deepface_detector": s.deepface_detector, "emotion_max_dim": s.emotion_max_dim}),
+    ]
+
+
+@router.get("/operations", response_model=OperationsResponse, summary="The analyses this instance offers")
+async def operations(request: Request) -> OperationsResponse:
+    return OperationsResponse(api_version=API_VERSION, operations=operations_list(request))

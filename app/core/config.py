@@ -1,0 +1,113 @@
+"""One settings class for the whole service.
+
+Every field is read from the environment (or a `.env` file) under its upper-case
+name, and every field is documented in `.env.example`. Nothing here is unused:
+`tests/unit/test_config.py` checks that each setting is referenced in the code.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = "0.1.0"
+API_VERSION = "v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- service -----------------------------------------------------------
+    log_level: str = "INFO"
+    log_json: bool = True
+    api_keys: str = ""  # comma-separated; API_KEY (single) is accepted too
+    api_key: str = ""
+    rate_limit: str = ""  # slowapi syntax, e.g. "60/minute"; empty disables
+    prometheus_enabled: bool = True
+    analysis_threads: int = Field(default=0, ge=0, le=64)  # 0 = number of CPUs
+    batch_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # --- ingest ------------------------------------------------------------
+    max_image_mb: float = Field(default=20.0, gt=0)
+    max_image_pixels: int = Field(default=60_000_000, gt=0)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0, le=20)
+    allow_private_urls: bool = False
+    max_batch_size: int = Field(default=32, ge=1, le=1000)
+
+    # --- blur / exposure gate ---------------------------------------------
+    analysis_max_dim: int = Field(default=1024, ge=64, le=8192)
+    blur_threshold: float = Field(default=100.0, ge=0)
+    bright_min: float = Field(default=50.0, ge=0, le=255)
+    bright_max: float = Field(default=205.0, ge=0, le=255)
+    shadow_clip_max: float = Field(default=0.30, ge=0, le=1)
+    highlight_clip_max: float = Field(default=0.15, ge=0, le=1)
+    min_side_px: int = Field(default=128, ge=0)
+    quality_min: float = Field(default=0.5, ge=0, le=1)
+
+    # --- models ------------------------------------------------------------
+    model_dir: Path = Path("models")
+    preload_models: str = ""  # comma-separated registry names, or "all"
+    model_ttl_s: float = Field(default=0.0, ge=0)  # 0 = never unload
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_model_downloads: bool = False
+    brisque_path: str = ""
+    niqe_path: str = ""
+    nima_technical_path: str = ""
+    nima_aesthetic_path: str = ""
+    clip_model_name: str = "openai/clip-vit-base-patch32"
+    laion_aesthetic_path: str = ""
+    yunet_path: str = ""
+    deepface_home: str = ""
+    deepface_detector: str = "opencv"
+    emotion_max_dim: int = Field(default=640, ge=64, le=4096)
+
+    # --- photo sets / clustering --------------------------------------------
+    max_cluster_items: int = Field(default=100_000, ge=1)
+    max_cluster_images: int = Field(default=200, ge=1)
+
+    # --- LLM review ----------------------------------------------------------
+    llm_default_model: str = "openai/gpt-4o-mini"
+    llm_api_base: str = ""
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_max_tokens: int = Field(default=800, ge=16, le=8192)
+    llm_image_max_dim: int = Field(default=1024, ge=128, le=4096)
+
+    @field_validator("bright_max")
+    @classmethod
+    def _bright_order(cls, v: float, info):  # noqa: ANN001
+        lo = info.data.get("bright_min", 0)
+        if v <= lo:
+            raise ValueError("BRIGHT_MAX must be greater than BRIGHT_MIN")
+        return v
+
+    # --- derived -------------------------------------------------------------
+    @property
+    def api_key_list(self) -> list[str]:
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_key.strip():
+            keys.append(self.api_key.strip())
+        return keys
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def threads(self) -> int:
+        return self.analysis_threads or (os.cpu_count() or 2)
+
+    @property
+    def preload_list(self) -> list[str]:
+        return [m.strip() for m in self.preload_models.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

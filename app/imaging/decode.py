@@ -1,0 +1,221 @@
+"""Bytes → one `DecodedImage` that every analysis of a request shares.
+
+The format is sniffed from the bytes (never the file name or a Content-Type),
+the pixel count is checked from the header before any pixel is decoded, EXIF
+orientation is applied, alpha is composited on white, and every mode (CMYK,
+16-bit, palette, LA, I;16 …) ends as 8-bit RGB. Animated images give their first
+frame. For JPEG, Pillow's `draft` asks libjpeg for a reduced-size decode (1/2,
+1/4, 1/8) when the analyses need fewer pixels than the original has, which is
+most of the cost of decoding a large photo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+# We do our own pixel-count check; let Pillow not second-guess it with warnings.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Magic numbers of the formats we accept → Pillow format name.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return the image format named by the file's magic bytes, or None."""
+    for magic, offset, fmt in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return fmt
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def resize_max(arr: np.ndarray, max_dim: int) -> np.ndarray:
+    """Downscale so the longest side is at most `max_dim` (area interpolation); never upscale."""
+    h, w = arr.shape[:2]
+    longest = max(h, w)
+    if longest <= max_dim:
+        return arr
+    scale = max_dim / longest
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+
+
+@dataclass(eq=False)
+class DecodedImage:
+    """One decoded image, shared by every analysis of a request.
+
+    `pixels` is HxWx3 uint8 RGB after EXIF transpose, or HxW uint8 grey when only
+    grey analyses were asked for (a grey JPEG decode skips colour conversion and
+    chroma upsampling). It may be smaller than the original when a reduced decode
+    was enough; `width`/`height` are always the original's (after orientation).
+    Derived arrays are cached per size, so each model's input is made once.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    sha256: str
+    format: str
+    n_bytes: int
+    frames: int = 1
+    _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _cached(self, key, make):
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = make()
+        with self._lock:
+            return self._cache.setdefault(key, value)
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.ndim == 2
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """Full decoded RGB (grey decodes are expanded once, cached)."""
+        if not self.is_gray:
+            return self.pixels
+        return self._cached(("rgb_full",), lambda: cv2.cvtColor(self.pixels, cv2.COLOR_GRAY2RGB))
+
+    def rgb_max(self, max_dim: int) -> np.ndarray:
+        """RGB uint8 with the longest side at most `max_dim` (cached)."""
+        return self._cached(("rgb", max_dim), lambda: resize_max(self.rgb, max_dim))
+
+    def gray_max(self, max_dim: int) -> np.ndarray:
+        """Grey uint8 (ITU-R 601 luma) with the longest side at most `max_dim` (cached)."""
+        if self.is_gray:
+            return self._cached(("gray", max_dim), lambda: resize_max(self.pixels, max_dim))
+        return self._cached(
+            ("gray", max_dim), lambda: cv2.cvtColor(self.rgb_max(max_dim), cv2.COLOR_RGB2GRAY)
+        )
+
+    def cached(self, key, make):
+        """Cache any derived input (e.g. a model's preprocessed tensor) on this image."""
+        return self._cached(("custom", key), make)
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    if img.mode == "L":
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+    if img.mode in ("RGB", "CMYK", "YCbCr", "1", "P") and "transparency" not in img.info:
+        return np.ascontiguousarray(np.asarray(img.convert("L"), dtype=np.uint8))
+    return cv2.cvtColor(_to_rgb(img), cv2.COLOR_RGB2GRAY)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr8 = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([arr8] * 3, axis=-1))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr8 = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([arr8] * 3, axis=-1))
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK, YCbCr, L, 1, P, RGBX …
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gray: bool = False) -> DecodedImage:
+    """Decode `data` into a `DecodedImage`.
+
+    `min_dim`: the largest size any analysis needs (longest side). A JPEG larger
+    than that is decoded at a reduced scale that still covers it. None = full size.
+    `gray`: only grey analyses will run; decode straight to 8-bit grey.
+    Raises InvalidImage (400), UnsupportedMediaType (415) or ImageTooLarge (413).
+    """
+    if not data:
+        raise InvalidImage("The image is empty (0 bytes).")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            "The data is not an image in a supported format.",
+            detail={"supported_formats": list(SUPPORTED_FORMATS)},
+        )
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            w0, h0 = img.size
+            if w0 <= 0 or h0 <= 0:
+                raise InvalidImage("The image has no pixels.")
+            if w0 * h0 > max_pixels:
+                raise ImageTooLarge(
+                    f"The image is {w0}x{h0} = {w0 * h0} pixels; the limit is {max_pixels}.",
+                    detail={"width_px": w0, "height_px": h0, "max_image_pixels": max_pixels},
+                )
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                img.seek(0)
+            orientation = 1
+            try:
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
+            except Exception:  # noqa: BLE001 - broken EXIF is not a broken image
+                orientation = 1
+            swap = orientation in (5, 6, 7, 8)
+            width, height = (h0, w0) if swap else (w0, h0)
+            if fmt == "JPEG" and min_dim and max(w0, h0) > min_dim:
+                # draft keeps the size >= the requested one, choosing scale 1/2, 1/4 or 1/8.
+                scale = min_dim / max(w0, h0)
+                img.draft("L" if gray else "RGB", (max(1, int(w0 * scale)), max(1, int(h0 * scale))))
+            elif fmt == "JPEG" and gray:
+                img.draft("L", (w0, h0))
+            img.load()
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)
+            pixels = _to_gray(img) if gray else _to_rgb(img)
+    except (ImageTooLarge, InvalidImage):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            struct_error_type(), Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(
+            f"The {fmt} data could not be decoded: it is truncated or corrupt.",
+            detail={"format": fmt, "reason": str(exc)[:200]},
+        ) from exc
+    if pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise InvalidImage("The image decoded to no usable pixels.")
+    return DecodedImage(
+        pixels=pixels, width=width, height=height, sha256=sha, format=fmt, n_bytes=len(data), frames=frames
+    )
+
+
+def struct_error_type():
+    import struct
+
+    return struct.error

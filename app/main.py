@@ -1,0 +1,246 @@
+"""create_app(): lifespan (pool, registry preload, HTTP client), middleware, routers, error handlers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slowapi.errors import RateLimitExceeded
+from slowapi.middleware import SlowAPIASGIMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.config import API_VERSION, VERSION, Settings, get_settings
+from app.core.errors import ApiError, error_body
+from app.core.logging import request_id_var, setup_logging
+from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
+from app.core.ratelimit import make_limiter
+from app.imaging.fetch import make_client
+from app.models.registry import ModelRegistry
+from app.services.orchestrator import Orchestrator
+
+log = logging.getLogger("loupe")
+
+_STATUS_TYPES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited", 500: "internal_error",
+    502: "upstream_error", 503: "service_unavailable", 504: "upstream_timeout",
+}
+
+
+def envelope(status: int, error_type: str, message: str, detail: Any = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    ERRORS.labels(error_type).inc()
+    return JSONResponse(error_body(error_type, message, detail, request_id_var.get()), status_code=status,
+                        headers=headers)
+
+
+class RequestContextMiddleware:
+    """Request id in and out, one JSON access-log line, Prometheus counters, body-size cap."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex[:16]
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status_holder = {"status": 500}
+        method = scope["method"]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            declared = headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                resp = envelope(413, "payload_too_large",
+                                f"The request body is {declared} bytes; the limit is {self.max_body_bytes}.",
+                                {"max_body_bytes": self.max_body_bytes})
+                await resp(scope, receive, send_wrapper)
+                return
+            received = 0
+
+            async def receive_capped() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise ApiError("too large")  # turned into 413 below
+                return message
+
+            try:
+                await self.app(scope, receive_capped, send_wrapper)
+            except ApiError as exc:
+                if exc.message != "too large":
+                    raise
+                resp = envelope(413, "payload_too_large", f"The request body is larger than {self.max_body_bytes} bytes.")
+                await resp(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(template, method, str(status_holder["status"])).inc()
+            HTTP_LATENCY.labels(template, method).observe(elapsed)
+            if not template.startswith(("/health", "/metrics")):
+                log.info("request", extra={"method": method, "path": scope.get("path"), "route": template,
+                                           "status": status_holder["status"], "duration_ms": round(elapsed * 1000, 2),
+                                           "client": (scope.get("client") or ("-",))[0]})
+            request_id_var.reset(token)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return envelope(exc.status_code, exc.error_type, exc.message, exc.detail, exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            item = {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            errors.append(item)  # the offending input is not echoed (it may be a huge base64 string)
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return envelope(422, "validation_error", f"Invalid request: {where}: {first['msg']}", {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        etype = _STATUS_TYPES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else etype.replace("_", " ")
+        if exc.status_code == 404:
+            message = f"No route {request.url.path}."
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}."
+        return envelope(exc.status_code, etype, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(RateLimitExceeded)
+    async def _rate(request: Request, exc: RateLimitExceeded) -> Response:
+        limiter = request.app.state.limiter
+        resp = envelope(429, "rate_limited", f"Rate limit exceeded: {exc.detail}.", {"limit": str(exc.detail)})
+        view = getattr(request.state, "view_rate_limit", None)
+        if view is not None:
+            resp = limiter._inject_headers(resp, view)
+        if "retry-after" not in resp.headers:
+            resp.headers["Retry-After"] = "60"
+        return resp
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return envelope(500, "internal_error", "Internal server error.", None)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="loupe-cpu")
+    registry = ModelRegistry(settings, pool)
+    client = make_client(settings)
+    app.state.pool = pool
+    app.state.registry = registry
+    app.state.http = client
+    app.state.orchestrator = Orchestrator(settings, registry, pool, client)
+    app.state.started_at = time.time()
+    try:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    except Exception:  # noqa: BLE001
+        pass
+    if registry.preload_names():
+        import asyncio
+
+        failed = await asyncio.get_running_loop().run_in_executor(pool, registry.preload)
+        for name, err in failed.items():
+            if err:
+                log.error("preload of %s failed: %s", name, err)
+    registry.start_ttl_task()
+    try:
+        yield
+    finally:
+        registry.shutdown()
+        await client.aclose()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging(settings.log_level, settings.log_json)
+    app = FastAPI(
+        title="Loupe",
+        version=VERSION,
+        summary="Self-hosted image analysis: sharpness, exposure, quality, aesthetics, faces, emotion, embeddings.",
+        description=(
+            "Every score states its range and which direction is better (`x-range`, `x-higher-is-better` and the "
+            "field description); every decision returns the thresholds it applied. Errors always have the shape "
+            "`{\"error\": {\"type\", \"message\", \"detail\", \"request_id\"}}`."
+        ),
+        lifespan=lifespan,
+        responses={},
+    )
+    app.state.settings = settings
+    app.state.limiter = make_limiter(settings.rate_limit)
+
+    from app.api.v1.endpoints import system
+    from app.api.v1.router import public_router, v1_router
+    from app.api.web import index, web_router
+
+    for open_endpoint in (system.health, system.version, index):
+        app.state.limiter.exempt(open_endpoint)
+
+    app.include_router(public_router)
+    app.include_router(v1_router)
+    app.include_router(web_router)
+
+    if settings.prometheus_enabled:
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+        app.state.limiter.exempt(metrics)
+
+    install_error_handlers(app)
+    app.add_middleware(SlowAPIASGIMiddleware)
+    per_image = settings.max_image_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=per_image * settings.max_batch_size + (1 << 20))
+
+    def custom_openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                             description=app.description, routes=app.routes)
+        from app.api.v1.openapi_extra import add_component_schemas
+
+        add_component_schemas(schema)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = custom_openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

@@ -1,0 +1,78 @@
+"""Shared schema pieces: score fields that state their range and direction, image inputs, errors."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def ranged(description: str, lo: float | None, hi: float | None, higher_is_better: bool | None,
+          default: Any = None, **kw) -> Any:
+    """A numeric field whose OpenAPI schema says its range and which direction is better.
+
+    The range goes both into `minimum`/`maximum` (when the value is really bounded)
+    and into the vendor keys `x-range` / `x-higher-is-better`, and into the text.
+    """
+    direction = {True: "higher is better", False: "lower is better", None: "neither end is better"}[higher_is_better]
+    lo_txt = "-inf" if lo is None else f"{lo:g}"
+    hi_txt = "+inf" if hi is None else f"{hi:g}"
+    extra = {"x-range": [lo, hi], "x-higher-is-better": higher_is_better}
+    extra.update(kw.pop("json_schema_extra", {}) or {})
+    return Field(default, description=f"{description} Range {lo_txt}..{hi_txt}; {direction}.",
+                 json_schema_extra=extra, **kw)
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="Stable machine-readable error type, e.g. `invalid_image`.")
+    message: str = Field(description="What went wrong, in words.")
+    detail: Any = Field(None, description="Structured context (limits, offending values).")
+    status_code: int | None = Field(None, description="The HTTP status this error has on its own.")
+
+
+class ErrorEnvelopeBody(ErrorInfo):
+    request_id: str | None = Field(None, description="Echoes X-Request-ID; quote it in bug reports.")
+
+
+class ErrorEnvelope(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorEnvelopeBody
+
+    model_config = ConfigDict(json_schema_extra={"example": {"error": {
+        "type": "invalid_image", "message": "The JPEG data could not be decoded: it is truncated or corrupt.",
+        "detail": {"format": "JPEG"}, "request_id": "6f1c2b1e9d2a4c1f"}}})
+
+
+class ImageInput(BaseModel):
+    """One image: exactly one of `url` or `base64`, and an optional caller id."""
+
+    url: str | None = Field(None, max_length=4096, description="http(s) URL Loupe downloads itself (SSRF-guarded).",
+                            examples=["https://upload.wikimedia.org/wikipedia/commons/3/3f/Fronalpstock_big.jpg"])
+    base64: str | None = Field(None, description="The image bytes as base64, raw or as a data URI (`data:image/jpeg;base64,…`).")
+    image_id: str | None = Field(None, max_length=256, description="Your id for this image; echoed in the result.")
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageInput":
+        if (self.url is None) == (self.base64 is None):
+            raise ValueError("give exactly one of `url` or `base64`")
+        return self
+
+
+class RunFlags(BaseModel):
+    """Which analyses to run. Omitted flags take these defaults."""
+
+    run_blur: bool = Field(True, description="Sharpness (variance of the Laplacian). No model needed.")
+    run_exposure: bool = Field(True, description="Brightness and clipping. No model needed.")
+    run_quality: bool = Field(True, description="The 0–1 quality score (blur, exposure, BRISQUE, NIMA technical — whichever are available).")
+    run_aesthetic: bool = Field(False, description="NIMA aesthetic (AVA) and, with CLIP, the LAION aesthetic head.")
+    run_emotion: bool = Field(False, description="Faces with their emotions (DeepFace).")
+    run_embedding: bool = Field(False, description="CLIP image embedding (L2-normalised).")
+    run_faces: bool = Field(False, description="Face boxes, landmarks and confidence (YuNet).")
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Band = Literal["very_poor", "poor", "decent", "good", "excellent"]

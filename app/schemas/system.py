@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ModelStatus(BaseModel):
+    name: str
+    title: str | None = None
+    state: Literal["not_loaded", "loading", "ready", "failed"]
+    device: str | None = None
+    load_time_s: float | None = None
+    last_error: str | None = None
+    preload: bool = Field(description="Listed in PRELOAD_MODELS (a failure then makes /health answer 503).")
+    path: str | None = Field(None, description="Local path the weights load from.")
+    files_present: bool = Field(description="Whether that path exists.")
+    source: str | None = Field(None, description="Where scripts/download_models.py gets it.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="`ok`: everything ready. `degraded`: some optional model is not available (the gate still works). "
+                    "`unavailable` (HTTP 503): a preloaded model failed or the service cannot work.")
+    version: str
+    api_version: str
+    uptime_s: float
+    device: str
+    models: dict[str, ModelStatus]
+    problems: list[str] = Field(default_factory=list)
+
+
+class VersionResponse(BaseModel):
+    name: str = "loupe"
+    version: str
+    api_version: str
+    python: str
+    libraries: dict[str, str]
+
+
+class Operation(BaseModel):
+    name: str
+    flag: str | None = Field(None, description="The run flag that turns it on, where there is one.")
+    endpoint: str
+    description: str
+    models: list[str] = Field(description="Registry models it uses (empty: pure computation).")
+    ready: bool = Field(description="Every model it needs is ready (or it needs none).")
+    available: bool = Field(description="It can run now or after a lazy load (its models' files are present).")
+    settings: dict[str, Any] = Field(description="The settings it applies.")
+
+
+class OperationsResponse(BaseModel):
+    api_version: str
+    operations: list[Operation]

@@ -1,0 +1,86 @@
+"""The 0–1 quality score: one number from blur, exposure, BRISQUE and NIMA technical.
+
+Each available measurement is mapped to 0..1 (higher = better) by a monotone,
+clamped function, then the mapped values are combined by a weighted geometric
+mean (each value floored at 0.01 so one zero does not erase the rest). A
+geometric mean is increasing in every component, and every mapping is monotone
+in the direction its measurement degrades, so more blur, noise, JPEG damage or
+exposure error can never raise the score through the combination itself. One
+bad component pulls the score down hard (a very blurred photo cannot be "good"
+because its exposure is fine), unlike an arithmetic mean.
+
+    sharpness  = blur.sharpness_score                  (0.5 at BLUR_THRESHOLD)          weight 1.0
+    exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
+    brisque    = clamp((75 - BRISQUE) / 60)            (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
+    nima_tech  = clamp((NIMA_koniq - lo) / (hi - lo))  (its native range, linear)        weight 1.5
+    score      = exp( Σ wᵢ·ln(max(sᵢ, 0.01)) / Σ wᵢ )  over the components that ran
+
+Bands: < 0.25 very_poor, < 0.45 poor, < 0.6 decent, < 0.85 good, else excellent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BANDS: tuple[tuple[str, float, float], ...] = (
+    ("very_poor", 0.0, 0.25),
+    ("poor", 0.25, 0.45),
+    ("decent", 0.45, 0.6),
+    ("good", 0.6, 0.85),
+    ("excellent", 0.85, 1.0000001),
+)
+
+WEIGHTS = {"sharpness": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
+FLOOR = 0.01
+BRISQUE_GOOD, BRISQUE_BAD = 15.0, 75.0
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    raw: float
+    raw_range: tuple[float | None, float | None]
+    higher_is_better: bool
+    score: float
+    weight: float
+
+
+def clamp01(x: float) -> float:
+    return 0.0 if x != x else min(1.0, max(0.0, x))  # NaN → 0
+
+
+def brisque_to_unit(brisque: float) -> float:
+    return clamp01((BRISQUE_BAD - brisque) / (BRISQUE_BAD - BRISQUE_GOOD))
+
+
+def range_to_unit(value: float, lo: float, hi: float) -> float:
+    return clamp01((value - lo) / (hi - lo))
+
+
+def combine(components: list[Component]) -> float | None:
+    total = sum(c.weight for c in components)
+    if not components or total <= 0:
+        return None
+    log_sum = sum(c.weight * math.log(max(c.score, FLOOR)) for c in components)
+    return clamp01(math.exp(log_sum / total))
+
+
+def band(score: float) -> str:
+    for name, lo, hi in BANDS:
+        if lo <= score < hi:
+            return name
+    return "excellent" if score >= 1 else "very_poor"
+
+
+def overall_quality(score: float) -> str:
+    """festora's coarse label: low / medium / high."""
+    if score < 0.45:
+        return "low"
+    if score < 0.6:
+        return "medium"
+    return "high"
+
+
+def bands_dict() -> dict[str, tuple[float, float]]:
+    return {name: (lo, min(hi, 1.0)) for name, lo, hi in BANDS}
