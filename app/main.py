@@ -17,8 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from slowapi.errors import RateLimitExceeded
-from slowapi.middleware import SlowAPIASGIMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,6 +67,7 @@ class RequestContextMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["sent"] = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
             await send(message)
@@ -99,10 +98,20 @@ class RequestContextMiddleware:
                     raise
                 resp = envelope(413, "payload_too_large", f"The request body is larger than {self.max_body_bytes} bytes.")
                 await resp(scope, receive, send_wrapper)
+            except Exception:  # noqa: BLE001 - the envelope (with request id) even for crashes
+                log.exception("unhandled error")
+                if status_holder.get("sent"):
+                    raise
+                await envelope(500, "internal_error", "Internal server error.")(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # FastAPI keeps included routers nested, so route.path lacks the prefix; none of our
+            # routes has path parameters, so the matched path itself is the template. Unmatched
+            # paths share one label (no cardinality explosion from scanners).
+            route_path = getattr(route, "path", None)
+            template = ("unmatched" if route_path is None
+                        else route_path if "{" in route_path else scope.get("path", route_path))
             HTTP_REQUESTS.labels(template, method, str(status_holder["status"])).inc()
             HTTP_LATENCY.labels(template, method).observe(elapsed)
             if not template.startswith(("/health", "/metrics")):
@@ -136,17 +145,6 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
         return envelope(exc.status_code, etype, message, None, getattr(exc, "headers", None))
-
-    @app.exception_handler(RateLimitExceeded)
-    async def _rate(request: Request, exc: RateLimitExceeded) -> Response:
-        limiter = request.app.state.limiter
-        resp = envelope(429, "rate_limited", f"Rate limit exceeded: {exc.detail}.", {"limit": str(exc.detail)})
-        view = getattr(request.state, "view_rate_limit", None)
-        if view is not None:
-            resp = limiter._inject_headers(resp, view)
-        if "retry-after" not in resp.headers:
-            resp.headers["Retry-After"] = "60"
-        return resp
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
@@ -205,12 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.limiter = make_limiter(settings.rate_limit)
 
-    from app.api.v1.endpoints import system
     from app.api.v1.router import public_router, v1_router
-    from app.api.web import index, web_router
-
-    for open_endpoint in (system.health, system.version, index):
-        app.state.limiter.exempt(open_endpoint)
+    from app.api.web import web_router
 
     app.include_router(public_router)
     app.include_router(v1_router)
@@ -221,10 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def metrics() -> Response:
             return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-        app.state.limiter.exempt(metrics)
-
     install_error_handlers(app)
-    app.add_middleware(SlowAPIASGIMiddleware)
     per_image = settings.max_image_bytes * 4 // 3 + 64 * 1024
     app.add_middleware(RequestContextMiddleware, max_body_bytes=per_image * settings.max_batch_size + (1 << 20))
 

@@ -22,7 +22,12 @@ PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left")
 def _photo(name: str) -> np.ndarray:
     from skimage import data
 
-    arr = getattr(data, name)()
+    if name == "motorcycle_left":
+        arr = data.stereo_motorcycle()[0]
+    elif name == "clock_motion":
+        arr = data.clock()  # a clock photographed with real motion blur
+    else:
+        arr = getattr(data, name)()
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
     arr = arr[..., :3]
@@ -37,7 +42,7 @@ def photo(name: str) -> np.ndarray:
 
 def clock_motion() -> np.ndarray:
     """skimage's clock photographed with real motion blur (grey → RGB)."""
-    return _photo("clock_motion")
+    return _photo("clock_motion")  # skimage.data.clock()
 
 
 def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:

@@ -170,6 +170,11 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt])
+            if fmt == "PNG":
+                # PNG carries a CRC per chunk; Pillow only checks them in verify(). A corrupt
+                # PNG would otherwise decode to garbage pixels that look like a real image.
+                img.verify()
+                img = Image.open(io.BytesIO(data), formats=[fmt])
             w0, h0 = img.size
             if w0 <= 0 or h0 <= 0:
                 raise InvalidImage("The image has no pixels.")

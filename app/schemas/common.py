@@ -11,13 +11,16 @@ def ranged(description: str, lo: float | None, hi: float | None, higher_is_bette
           default: Any = None, **kw) -> Any:
     """A numeric field whose OpenAPI schema says its range and which direction is better.
 
-    The range goes both into `minimum`/`maximum` (when the value is really bounded)
-    and into the vendor keys `x-range` / `x-higher-is-better`, and into the text.
+    The range and direction go into the vendor keys `x-range`, `x-direction`
+    (and `x-higher-is-better` where one end is better), and into the text.
     """
     direction = {True: "higher is better", False: "lower is better", None: "neither end is better"}[higher_is_better]
     lo_txt = "-inf" if lo is None else f"{lo:g}"
     hi_txt = "+inf" if hi is None else f"{hi:g}"
-    extra = {"x-range": [lo, hi], "x-higher-is-better": higher_is_better}
+    extra: dict[str, Any] = {"x-range": [lo, hi],
+                             "x-direction": {True: "higher_is_better", False: "lower_is_better", None: "neither"}[higher_is_better]}
+    if higher_is_better is not None:
+        extra["x-higher-is-better"] = higher_is_better
     extra.update(kw.pop("json_schema_extra", {}) or {})
     return Field(default, description=f"{description} Range {lo_txt}..{hi_txt}; {direction}.",
                  json_schema_extra=extra, **kw)

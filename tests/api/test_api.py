@@ -1,0 +1,292 @@
+"""The /v1 API on the real app: inputs, batch, gate, errors, auth, rate limits, health, metrics, docs."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import encode, exposure, gaussian_blur, photo
+
+ENVELOPE_KEYS = {"type", "message", "detail", "request_id"}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_envelope(r, status, etype=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert ENVELOPE_KEYS <= set(body["error"]), body
+    assert body["error"]["request_id"] == r.headers["x-request-id"]
+    if etype:
+        assert body["error"]["type"] == etype, body
+    return body["error"]
+
+
+def test_analyze_base64_raw_and_data_uri_agree(client):
+    raw = encode(photo("astronaut"))
+    r1 = client.post("/v1/analyze", json={"image": {"base64": b64(raw), "image_id": "a"}})
+    r2 = client.post("/v1/analyze", json={"image": {"base64": "data:image/jpeg;base64," + b64(raw)}})
+    assert r1.status_code == r2.status_code == 200
+    a, b = r1.json()["result"], r2.json()["result"]
+    assert a["image_id"] == "a" and b["image_id"] == "0"
+    assert a["sha256"] == b["sha256"] and a["blur"]["laplacian_variance"] == b["blur"]["laplacian_variance"]
+    assert r1.json()["api_version"] == "v1"
+
+
+def test_analyze_multipart_with_flags(client):
+    raw = encode(photo("coffee"))
+    r = client.post("/v1/analyze", files={"file": ("coffee.jpg", raw, "image/jpeg")},
+                    data={"image_id": "c1", "run_exposure": "false", "run_quality": "false"})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["image_id"] == "c1" and res["blur"]["status"] == "ok"
+    assert res["exposure"] is None and res["quality"] is None
+
+
+def test_analyses_without_models_say_unavailable_not_fake(client):
+    raw = encode(photo("astronaut"))
+    r = client.post("/v1/analyze", json={"image": {"base64": b64(raw)}, "run_aesthetic": True,
+                                         "run_emotion": True, "run_embedding": True, "run_faces": True})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    for key in ("aesthetic", "emotion", "embedding", "faces"):
+        assert res[key]["status"] == "unavailable", (key, res[key])
+        assert res[key]["error"]["type"] == "model_unavailable"
+    assert res["aesthetic"]["nima_score"] is None and res["embedding"]["vector"] is None
+    q = res["quality"]
+    assert q["status"] == "ok" and {c["name"] for c in q["components"]} == {"sharpness", "exposure"}
+    assert set(q["missing"]) == {"brisque", "niqe", "nima_technical"}
+
+
+def test_blur_and_exposure_verdicts_on_degraded_photos(client):
+    def run(rgb):
+        r = client.post("/v1/analyze", json={"image": {"base64": b64(encode(rgb))}})
+        assert r.status_code == 200
+        return r.json()["result"]
+
+    sharp, blurred = run(photo("chelsea")), run(gaussian_blur(photo("chelsea"), 5))
+    assert sharp["blur"]["is_blurry"] is False and blurred["blur"]["is_blurry"] is True
+    assert blurred["quality"]["score"] < sharp["quality"]["score"]
+    assert blurred["quality"]["is_ok"] is False and sharp["quality"]["is_ok"] is True
+    dark = run(exposure(photo("chelsea"), 0.2))
+    assert dark["exposure"]["verdict"] == "underexposed" and dark["exposure"]["is_underexposed"]
+    assert dark["exposure"]["thresholds"]["bright_min"] == 50.0
+    assert sharp["blur"]["thresholds"] == {"blur_threshold": 100.0, "analysis_max_dim": 1024}
+
+
+def test_single_image_errors_use_their_status(client):
+    r = client.post("/v1/analyze", json={"image": {"base64": b64(b"plain text, not an image")}})
+    assert_envelope(r, 415, "unsupported_media_type")
+    raw = encode(photo("rocket"))
+    r = client.post("/v1/analyze", json={"image": {"base64": b64(raw[:2000])}})
+    assert_envelope(r, 400, "invalid_image")
+    r = client.post("/v1/analyze", json={"image": {"base64": "!!!not base64!!!"}})
+    assert_envelope(r, 400, "invalid_image")
+
+
+def test_batch_keeps_order_and_isolates_failures(client):
+    images = [
+        {"base64": b64(encode(photo("astronaut"))), "image_id": "good-1"},
+        {"base64": b64(b"GIF89a-but-truncated"), "image_id": "bad-gif"},
+        {"base64": b64(encode(photo("coffee"), "PNG")), "image_id": "good-2"},
+        {"url": "http://127.0.0.1:9/x.jpg", "image_id": "ssrf"},
+        {"base64": b64(b""), "image_id": "empty"},
+    ]
+    r = client.post("/v1/analyze/batch", json={"images": images})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["image_id"] for x in body["results"]] == [i["image_id"] for i in images]
+    assert body["summary"]["total"] == 5 and body["summary"]["succeeded"] == 2 and body["summary"]["failed"] == 3
+    by_id = {x["image_id"]: x for x in body["results"]}
+    assert by_id["good-1"]["error"] is None and by_id["good-2"]["blur"]["status"] == "ok"
+    assert by_id["bad-gif"]["error"]["type"] == "invalid_image" and by_id["bad-gif"]["blur"] is None
+    assert by_id["ssrf"]["error"]["type"] == "url_not_allowed" and by_id["ssrf"]["error"]["status_code"] == 400
+    assert by_id["empty"]["error"]["type"] == "invalid_image"
+
+
+def test_batch_multipart_and_equal_to_single(client):
+    files = [("file", (f"{n}.jpg", encode(photo(n)), "image/jpeg")) for n in ("astronaut", "chelsea")]
+    r = client.post("/v1/analyze/batch", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["image_id"] for x in results] == ["astronaut.jpg", "chelsea.jpg"]
+    single = client.post("/v1/analyze", files={"file": ("chelsea.jpg", encode(photo("chelsea")), "image/jpeg")}).json()
+    assert single["result"]["blur"] == results[1]["blur"]
+    assert single["result"]["quality"]["score"] == results[1]["quality"]["score"]
+
+
+def test_batch_limit(client_factory):
+    c = client_factory(max_batch_size=3)
+    imgs = [{"base64": b64(encode(photo("coffee")))}] * 4
+    err = assert_envelope(c.post("/v1/analyze/batch", json={"images": imgs}), 413, "payload_too_large")
+    assert err["detail"] == {"max_batch_size": 3, "received": 4}
+    files = [("file", (f"{i}.jpg", encode(photo("coffee")), "image/jpeg")) for i in range(4)]
+    assert_envelope(c.post("/v1/analyze/batch", files=files), 413, "payload_too_large")
+    assert c.post("/v1/analyze/batch", json={"images": imgs[:3]}).status_code == 200
+
+
+def test_quality_gate(client):
+    ok = client.post("/v1/quality", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")})
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["is_ok"] is True and body["reasons"] == [] and (body["width"], body["height"]) == (600, 400)
+    assert body["thresholds"]["blur_threshold"] == 100.0 and body["thresholds"]["min_side_px"] == 128
+    bad = client.post("/v1/quality", json={"base64": b64(encode(gaussian_blur(exposure(photo("coffee"), 0.15), 6)))})
+    body = bad.json()
+    assert body["is_ok"] is False and body["is_blurry"] and body["is_underexposed"]
+    assert any("BLUR_THRESHOLD" in r for r in body["reasons"]) and any("BRIGHT_MIN" in r for r in body["reasons"])
+    tiny = client.post("/v1/quality", json={"base64": b64(encode(photo("coffee")[:100, :100]))}).json()
+    assert tiny["is_too_small"] is True and tiny["is_ok"] is False
+
+
+def test_validation_errors_are_422_envelopes(client):
+    assert_envelope(client.post("/v1/analyze", json={"image": {}}), 422, "validation_error")
+    err = assert_envelope(client.post("/v1/analyze", json={"image": {"url": "http://a", "base64": "AAAA"}}), 422)
+    assert "exactly one" in err["message"]
+    assert_envelope(client.post("/v1/analyze", json={"image": {"base64": "AAAA"}, "run_blur": "maybe"}), 422)
+    assert_envelope(client.post("/v1/analyze", json={"image": {"base64": "AAAA"}, "unknown": 1}), 422)
+    assert_envelope(client.post("/v1/analyze", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_envelope(client.post("/v1/analyze/batch", json={"images": []}), 422)
+    assert_envelope(client.post("/v1/analyze", files={"other": ("x.jpg", b"1", "image/jpeg")}), 422)
+
+
+def test_status_envelopes_404_405_415_413_500(client_factory):
+    c = client_factory(raise_server_exceptions=False, max_image_mb=0.3, max_batch_size=2)
+    assert_envelope(c.get("/v1/nothing-here"), 404, "not_found")
+    assert_envelope(c.get("/v1/analyze"), 405, "method_not_allowed")
+    assert_envelope(c.post("/v1/analyze", content=b"abc", headers={"content-type": "text/plain"}), 415)
+    big = encode(photo("astronaut"), "PNG")
+    assert len(big) > 0.3 * 1024 * 1024
+    assert_envelope(c.post("/v1/analyze", json={"image": {"base64": b64(big)}}), 413, "image_too_large")
+    assert_envelope(c.post("/v1/analyze", files={"file": ("a.png", big, "image/png")}), 413, "image_too_large")
+    huge = b"x" * (4 * 1024 * 1024)
+    assert_envelope(c.post("/v1/analyze", content=huge, headers={"content-type": "application/json"}), 413,
+                    "payload_too_large")
+
+    async def boom(*a, **k):
+        raise RuntimeError("secret internal detail")
+
+    c.app.state.orchestrator.analyze = boom
+    err = assert_envelope(c.post("/v1/analyze", json={"image": {"base64": b64(encode(photo('coffee')))}}), 500,
+                          "internal_error")
+    assert "secret" not in err["message"]
+
+
+def test_request_id_in_and_out(client):
+    r = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(client.get("/health").headers["x-request-id"]) >= 8
+
+
+def test_api_keys(client_factory):
+    c = client_factory(api_keys="k1, k2", api_key="k3")
+    img = {"image": {"base64": b64(encode(photo("coffee")))}}
+    err = assert_envelope(c.post("/v1/analyze", json=img), 401, "unauthorized")
+    assert "X-Api-Key" in err["message"]
+    assert_envelope(c.post("/v1/analyze", json=img, headers={"X-Api-Key": "wrong"}), 401, "unauthorized")
+    assert_envelope(c.get("/v1/operations"), 401)
+    assert c.post("/v1/analyze", json=img, headers={"X-Api-Key": "k2"}).status_code == 200
+    assert c.post("/v1/analyze", json=img, headers={"Authorization": "Bearer k3"}).status_code == 200
+    # open: health, version, metrics
+    assert c.get("/health").status_code == 200 and c.get("/v1/health").status_code == 200
+    assert c.get("/v1/version").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_rate_limit_over_real_http(live_factory):
+    server = live_factory(rate_limit="3/minute")
+    img = {"image": {"base64": b64(encode(photo("coffee")))}}
+    with httpx.Client(base_url=server.base_url, timeout=30) as h:
+        codes = [h.post("/v1/analyze", json=img).status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        r = h.post("/v1/analyze", json=img)
+        err = assert_envelope(r, 429, "rate_limited")
+        assert 0 < int(r.headers["retry-after"]) <= 60 and "3 per 1 minute" in err["message"]
+        assert r.headers["x-ratelimit-remaining"] == "0"
+        assert h.get("/health").status_code == 200  # probes are never limited
+        # the bucket is per client: an API key gets its own
+        assert h.post("/v1/analyze", json=img, headers={"X-Api-Key": "someone"}).status_code == 200
+
+
+def test_rate_limit_keys_by_api_key(live_factory):
+    server = live_factory(rate_limit="2/minute", api_keys="alice,bob")
+    with httpx.Client(base_url=server.base_url, timeout=30) as h:
+        for _ in range(2):
+            assert h.get("/v1/operations", headers={"X-Api-Key": "alice"}).status_code == 200
+        assert h.get("/v1/operations", headers={"X-Api-Key": "alice"}).status_code == 429
+        assert h.get("/v1/operations", headers={"X-Api-Key": "bob"}).status_code == 200
+
+
+def test_health_reports_models_and_503_when_preload_fails(client_factory):
+    c = client_factory()
+    body = c.get("/health").json()
+    assert body["status"] == "degraded" and body["version"] and body["uptime_s"] >= 0
+    assert {"brisque", "clip", "emotion", "nima_technical"} <= set(body["models"])
+    assert body["models"]["brisque"]["files_present"] is False
+    bad = client_factory(preload_models="brisque")
+    r = bad.get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+    assert r.json()["models"]["brisque"]["state"] == "failed" and "brisque" in r.json()["problems"][0]
+    assert bad.get("/v1/health").status_code == 503
+
+
+def test_operations_and_version(client):
+    ops = {o["name"]: o for o in client.get("/v1/operations").json()["operations"]}
+    assert ops["blur"]["ready"] is True and ops["blur"]["settings"]["blur_threshold"] == 100.0
+    assert ops["quality"]["models"] == ["brisque", "niqe", "nima_technical"] and ops["quality"]["ready"] is False
+    assert ops["embedding"]["available"] is False
+    v = client.get("/v1/version").json()
+    assert v["api_version"] == "v1" and "fastapi" in v["libraries"]
+
+
+def test_metrics_count_requests_and_errors(client):
+    client.post("/v1/analyze", json={"image": {"base64": b64(encode(photo("coffee")))}})
+    client.post("/v1/analyze", json={"image": {"base64": b64(b"nope")}})
+    text = client.get("/metrics").text
+    assert 'loupe_http_requests_total{method="POST",route="/v1/analyze",status="200"}' in text \
+        or 'loupe_http_requests_total{route="/v1/analyze",method="POST",status="200"}' in text
+    assert 'route="/v1/analyze",status="415"' in text
+    assert "loupe_http_request_duration_seconds_bucket" in text
+    assert 'loupe_analysis_duration_seconds_count{analysis="gate"}' in text
+    assert 'loupe_errors_total{type="unsupported_media_type"}' in text
+
+
+def test_metrics_can_be_disabled(client_factory):
+    assert client_factory(prometheus_enabled=False).get("/metrics").status_code == 404
+
+
+def test_openapi_states_range_and_direction_of_every_number(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for name in ("BlurResult", "ExposureResult", "QualityResult", "AestheticResult", "QualityGateResponse"):
+        for field, prop in schemas[name]["properties"].items():
+            if field.endswith("_ms") or field in ("width", "height"):
+                continue  # timings and sizes are measurements, not scores
+            types = {t.get("type") for t in prop.get("anyOf", [prop])}
+            if types & {"number"}:
+                assert "x-range" in prop and "x-direction" in prop, (name, field)
+                assert "better" in prop["description"], (name, field)
+    body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert "AnalyzeRequest" in schemas and schemas["AnalyzeRequest"].get("examples")
+
+
+def test_gate_is_served_concurrently_without_blocking(live_factory):
+    """Many parallel requests all succeed (bounded pool, nothing inline on the loop)."""
+    import concurrent.futures
+
+    server = live_factory()
+    payload = {"image": {"base64": b64(encode(photo("astronaut")))}}
+
+    def one(_):
+        with httpx.Client(base_url=server.base_url, timeout=60) as h:
+            return h.post("/v1/analyze", json=payload).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(one, range(24)))
+    assert codes == [200] * 24

@@ -1,0 +1,152 @@
+"""Real HTTP servers on 127.0.0.1 for tests: an image host with scripted routes, and the Loupe app under uvicorn."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class ImageServer:
+    """A scripted HTTP server: `server.routes[path] = handler` or the helpers below."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802
+                outer.hits.append(self.path)
+                route = outer.routes.get(self.path.split("?")[0])
+                if route is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                route(self)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- route helpers --------------------------------------------------------------
+    def bytes(self, path: str, data: bytes, content_type: str = "image/jpeg", declare_length: bool = True) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Type", content_type)
+            if declare_length:
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                h.wfile.write(data)
+            else:  # chunked: the size is only known by reading
+                h.send_header("Transfer-Encoding", "chunked")
+                h.end_headers()
+                for i in range(0, len(data), 65536):
+                    chunk = data[i : i + 65536]
+                    h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                h.wfile.write(b"0\r\n\r\n")
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(status)
+            h.send_header("Location", location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def status(self, path: str, code: int) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            body = b"nope"
+            h.send_response(code)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def slow(self, path: str, data: bytes, delay_s: float) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            time.sleep(delay_s)
+            try:
+                h.wfile.write(data)
+            except OSError:
+                pass
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def lying_length(self, path: str, declared: int) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Content-Length", str(declared))
+            h.end_headers()
+            try:
+                h.wfile.write(b"\xff\xd8\xff" + b"\0" * 1024)
+            except OSError:
+                pass
+
+        self.routes[path] = route
+        return self.url(path)
+
+
+class LiveServer:
+    """The real Loupe app served by uvicorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,94 @@
+"""Blur and exposure measurements on real photos and degraded copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.imaging.decode import decode_image
+from app.services.blur import is_blurry, laplacian_variance, sharpness_score
+from app.services.exposure import exposure_score, exposure_stats, is_overexposed, is_underexposed
+from tests.helpers import PHOTO_NAMES, clock_motion, encode, exposure, gaussian_blur, motion_blur, photo, upscale
+
+MAXDIM = 1024
+
+
+def lapvar(rgb: np.ndarray) -> float:
+    return laplacian_variance(decode_image(encode(rgb, "PNG"), max_pixels=10**9).gray_max(MAXDIM))
+
+
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+def test_more_blur_means_lower_variance(name):
+    values = [lapvar(gaussian_blur(photo(name), s)) if s else lapvar(photo(name)) for s in (0, 1, 2, 4)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[-1] < values[0] / 10
+
+
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+def test_sharp_photos_pass_and_blurred_fail_default_threshold(name):
+    assert not is_blurry(lapvar(photo(name)), 100.0)
+    assert is_blurry(lapvar(gaussian_blur(photo(name), 4)), 100.0)
+    assert is_blurry(lapvar(motion_blur(photo(name), 25)), 100.0)
+
+
+def test_real_motion_blur_photo_scores_lower_than_sharp_photos():
+    clock = clock_motion()
+    assert lapvar(clock) < min(lapvar(photo(n)) for n in PHOTO_NAMES)
+
+
+def test_score_does_not_depend_on_upload_size():
+    """A 3000-px copy scores like the photo itself, because both are measured at ANALYSIS_MAX_DIM."""
+    base = upscale(photo("coffee"), 1024)
+    big = upscale(photo("coffee"), 3000)
+    a, b = lapvar(base), lapvar(big)
+    assert abs(a - b) / a < 0.25, (a, b)
+
+
+def test_sharpness_score_is_monotone_and_saturates():
+    t = 100.0
+    xs = [1, 10, 25, 50, 100, 200, 400, 1000, 10_000]
+    ys = [sharpness_score(x, t) for x in xs]
+    assert ys == sorted(ys)
+    assert ys[0] == 0.0 and abs(sharpness_score(t, t) - 0.5) < 1e-9 and ys[-1] == 1.0
+
+
+def test_exposure_flags_dark_and_bright_copies():
+    rgb = photo("chelsea")
+    ok = exposure_stats(decode_image(encode(rgb), max_pixels=10**9).gray_max(MAXDIM))
+    dark = exposure_stats(decode_image(encode(exposure(rgb, 0.25)), max_pixels=10**9).gray_max(MAXDIM))
+    bright = exposure_stats(decode_image(encode(exposure(rgb, 2.6)), max_pixels=10**9).gray_max(MAXDIM))
+    assert not is_underexposed(ok, 50, 0.3) and not is_overexposed(ok, 205, 0.15)
+    assert is_underexposed(dark, 50, 0.3) and not is_overexposed(dark, 205, 0.15)
+    assert is_overexposed(bright, 205, 0.15) and not is_underexposed(bright, 50, 0.3)
+    assert bright.highlight_clip_fraction > ok.highlight_clip_fraction
+    assert dark.mean_brightness < ok.mean_brightness < bright.mean_brightness
+
+
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+def test_exposure_score_falls_with_exposure_error(name):
+    rgb = photo(name)
+
+    def s(gain):
+        st = exposure_stats(decode_image(encode(exposure(rgb, gain)), max_pixels=10**9).gray_max(MAXDIM))
+        return exposure_score(st, 50, 205, 0.3, 0.15)
+
+    darker = [s(g) for g in (1.0, 0.6, 0.35, 0.2, 0.1)]
+    assert all(a >= b - 1e-9 for a, b in zip(darker, darker[1:])), darker
+    assert darker[-1] < 0.3
+    if name == "rocket":
+        # rocket is a dusk shot with crushed shadows: brightening it first *corrects* its
+        # exposure, so only the darkening direction is an exposure error for it
+        assert darker[0] < 0.9
+        return
+    brighter = [s(g) for g in (1.0, 1.6, 2.2, 3.0, 4.0)]
+    assert all(a >= b - 1e-9 for a, b in zip(brighter, brighter[1:])), brighter
+    assert brighter[-1] < 0.3
+
+
+def test_histogram_stats_match_numpy():
+    gray = decode_image(encode(photo("rocket")), max_pixels=10**9).gray_max(MAXDIM)
+    st = exposure_stats(gray)
+    assert abs(st.mean_brightness - gray.mean()) < 1e-6
+    assert abs(st.contrast - gray.std()) < 1e-6
+    assert abs(st.shadow_clip_fraction - (gray <= 8).mean()) < 1e-9
+    assert abs(st.highlight_clip_fraction - (gray >= 247).mean()) < 1e-9
