@@ -50,6 +50,7 @@ class Plan:
     emotion: bool = False
     embedding: bool = False
     faces: bool = False
+    quality_models: bool = True  # False: the quality score from blur and exposure alone (no model runs)
 
     @classmethod
     def from_flags(cls, flags: RunFlags) -> "Plan":
@@ -63,7 +64,7 @@ class Plan:
 
     def models(self) -> list[str]:
         names: list[str] = []
-        if self.quality:
+        if self.quality and self.quality_models:
             names += ["brisque", "niqe", "nima_technical"]
         if self.aesthetic:
             names.append("nima_aesthetic")
@@ -212,6 +213,15 @@ class Orchestrator:
     # -- the whole thing -------------------------------------------------------------------
     async def analyze(self, sources: list[ImageSource], flags: RunFlags) -> list[S.ImageResult]:
         plan = Plan.from_flags(flags)
+        items = await self.process(sources, plan)
+        results = [self.assemble(it, plan) for it in items]
+        for r in results:
+            IMAGES_ANALYZED.labels("error" if r.error else "ok").inc()
+        return results
+
+    async def process(self, sources: list[ImageSource], plan: Plan) -> list[Ingested]:
+        """Read, decode and run every analysis of `plan`; the raw per-image state, for callers that
+        need more than the results (the photo-set clustering reads the decoded images too)."""
         items = await self.load_all(sources, plan)
         ok = [it for it in items if it.image is not None]
         if plan.gate and ok:
@@ -224,10 +234,7 @@ class Orchestrator:
                 it.timings["exposure_ms"] = g["exposure_ms"]
         if plan.models() and ok:
             await self.run_models(items, plan)
-        results = [self.assemble(it, plan) for it in items]
-        for r in results:
-            IMAGES_ANALYZED.labels("error" if r.error else "ok").inc()
-        return results
+        return items
 
     # -- 4. assemble ---------------------------------------------------------------------------
     def assemble(self, it: Ingested, plan: Plan) -> S.ImageResult:

@@ -1,0 +1,95 @@
+"""POST /v1/cluster (vectors in) and POST /v1/cluster/images (a photo set in)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from app.api.deps import (form_files, form_flags, read_form, read_json_model, require_json_or_form, settings_of,
+                          source_of, validation_failed)
+from app.api.v1.openapi_extra import body_json_or_form
+from app.core.errors import PayloadTooLarge, ValidationFailed
+from app.schemas import cluster as C
+from app.schemas.common import ErrorEnvelope
+from app.services import cluster as cluster_svc
+from app.services.photoset import cluster_photoset
+
+router = APIRouter(tags=["photo sets"])
+
+ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429)}
+
+
+def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
+    t0 = time.perf_counter()
+    if len(req.embeddings) > max_items:
+        raise ValidationFailed(f"{len(req.embeddings)} vectors sent; the limit is {max_items} (MAX_CLUSTER_ITEMS).",
+                               detail={"max_cluster_items": max_items, "received": len(req.embeddings)})
+    try:
+        vectors, ids = cluster_svc.validate_cluster_input(req.embeddings, req.image_ids, req.metric)
+        res = cluster_svc.dbscan(vectors, eps=req.eps, min_samples=req.min_samples, metric=req.metric)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    labels = res.labels.tolist()
+    return C.ClusterResponse(
+        algorithm="dbscan", params={k: v for k, v in res.params.items()},
+        n_clusters=res.n_clusters, n_noise=res.n_noise,
+        assignments={i: int(l) for i, l in zip(ids, labels)},
+        clusters=[C.VectorCluster(cluster_id=c, size=len(m), image_ids=[ids[k] for k in m])
+                  for c, m in enumerate(res.clusters)],
+        processing_time_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+@router.post("/cluster", response_model=C.ClusterResponse, responses=ERRORS,
+             summary="DBSCAN clustering of embedding vectors (no N×N matrix; up to MAX_CLUSTER_ITEMS)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ClusterRequest"}}}}})
+async def cluster_vectors(request: Request) -> C.ClusterResponse:
+    settings = settings_of(request)
+    body = await request.body()
+    if not body:
+        raise ValidationFailed("The request body is empty.")
+    try:
+        # parsed by pydantic-core straight from JSON bytes (much faster than json.loads for big float arrays)
+        req = await request.app.state.orchestrator._in_pool(C.ClusterRequest.model_validate_json, body)
+    except ValidationError as exc:
+        raise validation_failed(exc) from exc
+    return await request.app.state.orchestrator._in_pool(run_dbscan, req, settings.max_cluster_items)
+
+
+class PhotoSetForm(C.PhotoSetRequest):
+    """Form fields of the multipart variant (the images come as `file` parts)."""
+
+    images: list = []
+
+
+@router.post("/cluster/images", response_model=C.PhotoSetResponse, responses=ERRORS,
+             summary="Group near-duplicate shots of a photo set and pick the best of each group",
+             openapi_extra=body_json_or_form(C.PhotoSetRequest, multiple_files=True, flags=False, extra_form={
+                 "eps": {"type": "number", "default": 0.08}, "hash_max_distance": {"type": "integer", "default": 10},
+                 "use_embeddings": {"type": "boolean", "default": True},
+                 "rank_by_quality_models": {"type": "boolean", "default": True}}))
+async def cluster_images(request: Request) -> C.PhotoSetResponse:
+    settings = settings_of(request)
+    limit = settings.max_cluster_images
+    mt = require_json_or_form(request)
+    if mt == "application/json":
+        req = await read_json_model(request, C.PhotoSetRequest)
+        if len(req.images) > limit:
+            raise PayloadTooLarge(f"{len(req.images)} images sent; the limit is {limit} (MAX_CLUSTER_IMAGES).",
+                                  detail={"max_cluster_images": limit, "received": len(req.images)})
+        sources = [source_of(i) for i in req.images]
+    else:
+        form = await read_form(request, max_files=limit + 1)
+        sources = form_files(form, limit)
+        params = form_flags(form, PhotoSetForm)
+        req = C.PhotoSetRequest.model_construct(**params.model_dump(exclude={"images"}), images=[])
+    ids = [s.image_id if s.image_id is not None else str(i) for i, s in enumerate(sources)]
+    seen: set[str] = set()
+    for x in ids:
+        if x in seen:
+            raise ValidationFailed(f"image_id {x!r} appears more than once; ids in a photo set must be unique.",
+                                   detail={"image_id": x})
+        seen.add(x)
+    return await cluster_photoset(request.app.state.orchestrator, sources, req)

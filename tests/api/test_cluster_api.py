@@ -1,0 +1,145 @@
+"""/v1/cluster (vectors) and /v1/cluster/images (photo sets) on real photos."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from tests.helpers import add_noise, encode, exposure, gaussian_blur, jpeg_roundtrip, motion_blur, photo
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def crop(rgb, frac=0.025):
+    """Remove `frac` of each side (5 % of the width and height in all)."""
+    h, w = rgb.shape[:2]
+    dy, dx = int(h * frac), int(w * frac)
+    return np.ascontiguousarray(rgb[dy:h - dy, dx:w - dx])
+
+
+def shift(rgb, px=6):
+    return np.ascontiguousarray(np.roll(rgb, px, axis=1))
+
+
+# --- vectors -------------------------------------------------------------------------
+def test_cluster_vectors_groups_nearby_vectors(client):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 64))
+    vecs, ids = [], []
+    for c, centre in enumerate(centres):
+        for k in range(4):
+            vecs.append((centre + rng.normal(scale=0.05, size=64)).tolist())
+            ids.append(f"c{c}-{k}")
+    vecs.append(rng.normal(size=64).tolist())
+    ids.append("lonely")
+    r = client.post("/v1/cluster", json={"embeddings": vecs, "image_ids": ids, "eps": 0.2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["algorithm"] == "dbscan" and body["n_clusters"] == 3 and body["n_noise"] == 1
+    assert body["assignments"]["lonely"] == -1
+    for c in range(3):
+        labels = {body["assignments"][f"c{c}-{k}"] for k in range(4)}
+        assert len(labels) == 1 and labels != {-1}
+    assert body["params"]["eps"] == 0.2 and body["params"]["metric"] == "cosine"
+    assert sorted(len(c["image_ids"]) for c in body["clusters"]) == [4, 4, 4]
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"embeddings": [[1, 0], [1], [0, 1]], "image_ids": ["a", "b", "c"]}, "ragged"),
+    ({"embeddings": [[1, 0], [0, 1]], "image_ids": ["a"]}, "length mismatch"),
+    ({"embeddings": [[1, 0], [0, 1]], "image_ids": ["a", "a"]}, "duplicate"),
+    ({"embeddings": [[0, 0], [0, 1]], "image_ids": ["a", "b"]}, "zero vector"),
+    ({"embeddings": [[1, 0]], "image_ids": ["a"], "eps": 5}, "eps"),
+    ({"embeddings": [[1, 0]], "image_ids": ["a"], "min_samples": 0}, "min_samples"),
+    ({"embeddings": [], "image_ids": []}, "embeddings"),
+    ({"embeddings": [["x", 1]], "image_ids": ["a"]}, "embeddings"),
+    ({"embeddings": [[1, 0]], "image_ids": ["a"], "metric": "manhattan"}, "metric"),
+])
+def test_cluster_vectors_validation_is_422(client, payload, fragment):
+    r = client.post("/v1/cluster", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "validation_error"
+    assert fragment in r.json()["error"]["message"]
+
+
+def test_cluster_vectors_non_finite_is_422(client):
+    raw = b'{"embeddings": [[1e999, 0], [0, 1]], "image_ids": ["a", "b"]}'
+    r = client.post("/v1/cluster", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "finite" in r.json()["error"]["message"], r.text
+
+
+def test_cluster_vectors_limit(client_factory):
+    c = client_factory(max_cluster_items=5)
+    vecs = np.eye(6).tolist()
+    r = c.post("/v1/cluster", json={"embeddings": vecs, "image_ids": [str(i) for i in range(6)]})
+    assert r.status_code == 422 and "MAX_CLUSTER_ITEMS" in r.json()["error"]["message"]
+
+
+# --- photo sets ----------------------------------------------------------------------------
+def burst_set():
+    """Two synthetic bursts from real photos, each with a blurred copy, mixed with distinct photos."""
+    a, m = photo("astronaut"), photo("motorcycle_left")
+    images = {
+        "astro-orig": a,
+        "astro-crop": crop(a),
+        "astro-resave": jpeg_roundtrip(a, 60),
+        "astro-bright": exposure(a, 1.15),
+        "astro-blur": gaussian_blur(a, 3),
+        "moto-orig": m,
+        "moto-shift": shift(m),
+        "moto-motion": motion_blur(m, 15),
+        "coffee": photo("coffee"),
+        "chelsea": photo("chelsea"),
+        "rocket": photo("rocket"),
+    }
+    return images
+
+
+def test_photo_set_groups_bursts_and_picks_the_sharp_shot(client):
+    images = burst_set()
+    payload = {"images": [{"base64": b64(encode(v)), "image_id": k} for k, v in images.items()]}
+    r = client.post("/v1/cluster/images", json=payload)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["features_used"] == ["phash"]  # no CLIP model in this instance
+    groups = {frozenset(m["image_id"] for m in g["members"]): g for g in body["groups"]}
+    astro = frozenset(k for k in images if k.startswith("astro"))
+    moto = frozenset(k for k in images if k.startswith("moto"))
+    assert set(groups) == {astro, moto}, list(groups)
+    assert sorted(body["singletons"]) == ["chelsea", "coffee", "rocket"]
+    for key, blurred in ((astro, "astro-blur"), (moto, "moto-motion")):
+        g = groups[key]
+        # the blurred copy never wins; any undamaged-sharpness shot may (gain 1.15 raises contrast a little)
+        assert g["best_image_id"] != blurred and g["best_image_id"] in key
+        last = g["members"][-1]
+        assert last["image_id"] == blurred and "blurry" in last["rejected_reason"]
+        assert g["members"][0]["is_best"] and g["members"][0]["rank"] == 1 and g["linked_by"] == ["phash"]
+        assert g["best_image_id"] in g["reason"]
+    assert len(body["results"]) == len(images)
+
+
+def test_photo_set_reports_bad_images_without_breaking(client):
+    a = photo("chelsea")
+    files = [("file", ("c1.jpg", encode(a), "image/jpeg")),
+             ("file", ("broken.jpg", b"not an image at all", "image/jpeg")),
+             ("file", ("c2.jpg", encode(crop(a)), "image/jpeg")),
+             ("file", ("c3.jpg", encode(add_noise(a, 3)), "image/jpeg"))]
+    r = client.post("/v1/cluster/images", files=files, data={"hash_max_distance": "10"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [f["image_id"] for f in body["failed"]] == ["broken.jpg"]
+    assert body["failed"][0]["error"]["type"] == "unsupported_media_type"
+    assert len(body["groups"]) == 1 and body["groups"][0]["size"] == 3
+
+
+def test_photo_set_ids_must_be_unique_and_limit(client_factory):
+    c = client_factory(max_cluster_images=2)
+    img = {"base64": b64(encode(photo("coffee")))}
+    r = c.post("/v1/cluster/images", json={"images": [dict(img, image_id="x"), dict(img, image_id="x")]})
+    assert r.status_code == 422 and "more than once" in r.json()["error"]["message"]
+    r = c.post("/v1/cluster/images", json={"images": [img, img, img]})
+    assert r.status_code == 413 and r.json()["error"]["detail"]["max_cluster_images"] == 2

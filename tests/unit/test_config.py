@@ -1,0 +1,47 @@
+"""Every setting is documented in .env.example and read somewhere in the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from app.core.config import Settings
+from tests.helpers import PROJECT_ROOT
+
+
+def documented() -> set[str]:
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    return {m.group(1).lower() for m in re.finditer(r"^([A-Z0-9_]+)=", text, re.M)}
+
+
+def code_text() -> str:
+    files = [p for p in (PROJECT_ROOT / "app").rglob("*.py") if p.name != "config.py"]
+    files += list((PROJECT_ROOT / "scripts").glob("*.py"))
+    return "\n".join(p.read_text() for p in files) + (PROJECT_ROOT / "app/core/config.py").read_text().split("# --- derived")[1]
+
+
+def test_every_setting_is_in_env_example():
+    fields = set(Settings.model_fields)
+    missing = fields - documented()
+    assert not missing, f"not in .env.example: {sorted(missing)}"
+    extra = documented() - fields - {"openai_api_key", "anthropic_api_key", "gemini_api_key"}
+    assert not extra, f".env.example names unknown settings: {sorted(extra)}"
+
+
+def test_every_setting_is_read_by_the_code():
+    text = code_text()
+    unused = [f for f in Settings.model_fields if not re.search(rf"\b{f}\b", text)]
+    assert not unused, f"settings nothing reads: {unused}"
+
+
+def test_defaults_in_env_example_match_the_code():
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    s = Settings(_env_file=None)
+    for m in re.finditer(r"^([A-Z0-9_]+)=(.*)$", text, re.M):
+        name, value = m.group(1).lower(), m.group(2).strip()
+        if name not in Settings.model_fields:
+            continue
+        expected = getattr(s, name)
+        parsed = Settings(_env_file=None, **{name: value}) if value else None
+        got = getattr(parsed, name) if parsed is not None else ""
+        assert str(got) == str(expected), (name, value, expected)
