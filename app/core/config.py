@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # --- LLM review ----------------------------------------------------------
     llm_default_model: str = "openai/gpt-4o-mini"
     llm_api_base: str = ""
+    llm_api_key: str = ""
     llm_timeout_s: float = Field(default=60.0, gt=0)
     llm_max_tokens: int = Field(default=800, ge=16, le=8192)
     llm_image_max_dim: int = Field(default=1024, ge=128, le=4096)

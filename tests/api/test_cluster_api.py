@@ -91,7 +91,7 @@ def burst_set():
         "astro-blur": gaussian_blur(a, 3),
         "moto-orig": m,
         "moto-shift": shift(m),
-        "moto-motion": motion_blur(m, 15),
+        "moto-motion": motion_blur(m, 25),
         "coffee": photo("coffee"),
         "chelsea": photo("chelsea"),
         "rocket": photo("rocket"),

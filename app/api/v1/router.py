@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.v1.endpoints import analyze, system
+from app.api.v1.endpoints import analyze, cluster, llm, system
 from app.core.ratelimit import enforce_rate_limit
 from app.core.security import require_api_key
 
 # Rate limit first (keyed by the presented key, valid or not, else the IP), so key guessing is limited too.
 v1_router = APIRouter(prefix="/v1", dependencies=[Depends(enforce_rate_limit), Depends(require_api_key)])
 v1_router.include_router(analyze.router)
+v1_router.include_router(llm.router)
+v1_router.include_router(cluster.router)
 v1_router.add_api_route("/operations", system.operations, methods=["GET"], tags=["system"],
                         response_model=system.OperationsResponse, summary="The analyses this instance offers")
 

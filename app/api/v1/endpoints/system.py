@@ -88,7 +88,33 @@ def operations_list(request: Request) -> list[Operation]:
            {"emotion_max_dim": s.emotion_max_dim}),
         op("emotion", "run_emotion", "/v1/analyze", "Emotion per face (DeepFace).", ["emotion"],
            {"deepface_detector": s.deepface_detector, "emotion_max_dim": s.emotion_max_dim}),
+        op("cluster", None, "/v1/cluster", "DBSCAN over your embedding vectors.", [],
+           {"max_cluster_items": s.max_cluster_items}),
+        op("cluster_images", None, "/v1/cluster/images", "Near-duplicate groups of a photo set with the best shot "
+           "of each (perceptual hash, plus CLIP embeddings when ready).", [],
+           {"max_cluster_images": s.max_cluster_images}),
+        llm_operation(s),
     ]
+
+
+_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
+                  "azure": "AZURE_API_KEY", "mistral": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}
+
+
+def llm_operation(s) -> Operation:
+    """Ready when the default model can be reached: a custom LLM_API_BASE, or its provider's key in the env."""
+    import os
+
+    provider = s.llm_default_model.split("/", 1)[0] if "/" in s.llm_default_model else ""
+    key_var = _PROVIDER_KEYS.get(provider)
+    configured = bool(s.llm_api_base.strip()) or (key_var is not None and bool(os.environ.get(key_var))) \
+        or (provider not in _PROVIDER_KEYS and bool(provider))
+    return Operation(name="llm_review", flag=None, endpoint="/v1/analyze/llm",
+                     description="Structured photo review by a vision LLM through LiteLLM (also /v1/analyze/llm/group).",
+                     models=[], ready=configured, available=configured,
+                     settings={"llm_default_model": s.llm_default_model, "llm_api_base": s.llm_api_base or None,
+                               "llm_timeout_s": s.llm_timeout_s, "llm_max_tokens": s.llm_max_tokens,
+                               "llm_image_max_dim": s.llm_image_max_dim})
 
 
 @router.get("/operations", response_model=OperationsResponse, summary="The analyses this instance offers")

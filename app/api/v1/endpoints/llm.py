@@ -1,0 +1,149 @@
+"""POST /v1/analyze/llm and /v1/analyze/llm/group: the vision-LLM review. Parsing only; logic in services.review."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import (
+    form_files,
+    form_flags,
+    read_form,
+    read_json_model,
+    require_json_or_form,
+    settings_of,
+    source_of,
+)
+from app.api.v1.openapi_extra import body_json_or_form
+from app.core.errors import ApiError, ValidationFailed
+from app.imaging.sources import ImageSource
+from app.schemas.common import ErrorEnvelope
+from app.schemas.review import (
+    CUSTOM_PROMPT_MAX_CHARS,
+    LLM_GROUP_MAX,
+    LLM_GROUP_MIN,
+    LlmGroupRequest,
+    LlmGroupResponse,
+    LlmOptions,
+    LlmReviewRequest,
+    LlmReviewResponse,
+)
+from app.services.review import EncodedImage, encode_for_llm, review_group, review_image
+
+router = APIRouter(tags=["llm review"])
+
+ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429, 502, 503, 504)}
+ERRORS[502]["description"] = "`llm_provider_error`, `llm_invalid_output` (two invalid answers), `unreachable_url`."
+ERRORS[503]["description"] = "`llm_not_configured`: the provider's API key is missing or was rejected."
+ERRORS[504]["description"] = "`llm_timeout` (LLM_TIMEOUT_S), or `upstream_timeout` fetching an image URL."
+
+_FORM_FIELDS = {
+    "model": {"type": "string", "description": "LiteLLM model string (default LLM_DEFAULT_MODEL)."},
+    "custom_prompt": {"type": "string", "maxLength": CUSTOM_PROMPT_MAX_CHARS,
+                      "description": "Extra instructions for the reviewer."},
+    "max_tokens": {"type": "integer", "minimum": 16, "maximum": 8192,
+                   "description": "Most tokens the model may generate (default LLM_MAX_TOKENS)."},
+}
+
+
+def _item_error(item, *, group: bool) -> ApiError:
+    """The image's own error; in a group review, renamed so that it says which shot it is."""
+    exc = item.error_exc
+    if exc is None:  # unexpected failure (already logged by the orchestrator)
+        exc = ApiError(item.error.message if item.error else "The image could not be read.")
+        exc.status_code = (item.error.status_code if item.error else None) or 500
+        exc.error_type = item.error.type if item.error else "internal_error"
+    if not group:
+        return exc
+    named = ApiError(
+        f"Image {item.image_id!r} (position {item.index}) could not be read: {exc.message} "
+        "A group review needs every shot.",
+        detail={"image_id": item.image_id, "index": item.index, "reason": exc.detail}, headers=exc.headers)
+    named.status_code, named.error_type = exc.status_code, exc.error_type
+    return named
+
+
+async def _encode(request: Request, sources: list[ImageSource], *, group: bool) -> list[EncodedImage]:
+    """Read (SSRF-safe fetch / base64 / upload), decode and re-encode every image as the JPEG the model gets."""
+    settings = settings_of(request)
+    orch = request.app.state.orchestrator
+    sem = asyncio.Semaphore(settings.batch_concurrency)
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int, src: ImageSource):
+        async with sem:
+            item = await orch.load(src, i, gray=False, min_dim=settings.llm_image_max_dim)
+            if item.image is None:
+                return item, None
+            enc = await loop.run_in_executor(request.app.state.pool, encode_for_llm, item.image,
+                                             settings.llm_image_max_dim, item.image_id)
+            return item, enc
+
+    done = await asyncio.gather(*(one(i, s) for i, s in enumerate(sources)))
+    failed = [item for item, enc in done if enc is None]
+    if failed:
+        err = _item_error(failed[0], group=group)
+        if group and len(failed) > 1 and isinstance(err.detail, dict):
+            err.detail["unreadable_image_ids"] = [it.image_id for it in failed]
+        raise err
+    return [enc for _, enc in done]
+
+
+@router.post("/analyze/llm", response_model=LlmReviewResponse, responses=ERRORS,
+             summary="Review one photo with a vision LLM (any LiteLLM provider)",
+             description=(
+                 "Loupe reads the image itself (URL with the SSRF guard, base64 or upload), re-encodes it as a JPEG "
+                 "(longest side at most LLM_IMAGE_MAX_DIM) and sends that to the model as a data URI — the provider "
+                 "never receives your URL. The answer is validated against the schema below; an invalid answer is "
+                 "sent back to the model once, a second one is `502 llm_invalid_output`."),
+             openapi_extra=body_json_or_form(LlmReviewRequest, multiple_files=False, flags=False,
+                                             extra_form=_FORM_FIELDS))
+async def llm_review(request: Request) -> LlmReviewResponse:
+    started = time.perf_counter()
+    settings = settings_of(request)
+    if require_json_or_form(request) == "application/json":
+        body = await read_json_model(request, LlmReviewRequest)
+        sources, opts = [source_of(body.image)], LlmOptions(**body.model_dump(exclude={"image"}))
+    else:
+        form = await read_form(request, max_files=1)
+        sources, opts = form_files(form, 1), form_flags(form, LlmOptions)
+    [img] = await _encode(request, sources, group=False)
+    return await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
+                              max_tokens=opts.max_tokens, started=started)
+
+
+@router.post("/analyze/llm/group", response_model=LlmGroupResponse, responses=ERRORS,
+             summary=f"Pick the best of {LLM_GROUP_MIN}–{LLM_GROUP_MAX} shots of one scene with a vision LLM",
+             description=(
+                 "All shots go to the model in one call; it scores each one and names the best. `best_image_id` and "
+                 "every `images[].image_id` are checked against the ids you sent (an invented id counts as an "
+                 "invalid answer: one retry, then `502 llm_invalid_output`). A shot that cannot be read fails the "
+                 "request with that image's own error, naming it."),
+             openapi_extra=body_json_or_form(LlmGroupRequest, multiple_files=True, flags=False,
+                                             extra_form=_FORM_FIELDS))
+async def llm_review_group(request: Request) -> LlmGroupResponse:
+    started = time.perf_counter()
+    settings = settings_of(request)
+    if require_json_or_form(request) == "application/json":
+        body = await read_json_model(request, LlmGroupRequest)
+        sources, opts = [source_of(i) for i in body.images], LlmOptions(**body.model_dump(exclude={"images"}))
+    else:
+        form = await read_form(request, max_files=4 * LLM_GROUP_MAX)
+        sources, opts = form_files(form, 4 * LLM_GROUP_MAX), form_flags(form, LlmOptions)
+        if not LLM_GROUP_MIN <= len(sources) <= LLM_GROUP_MAX:
+            raise ValidationFailed(
+                f"A group review takes {LLM_GROUP_MIN} to {LLM_GROUP_MAX} images; {len(sources)} were sent.",
+                detail={"min_images": LLM_GROUP_MIN, "max_images": LLM_GROUP_MAX, "received": len(sources)})
+    for i, src in enumerate(sources):
+        if src.image_id is None:
+            src.image_id = str(i)
+    ids = [src.image_id for src in sources]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValidationFailed(f"Image ids must be unique in a group review; repeated: {dupes}.",
+                               detail={"duplicate_image_ids": dupes})
+    imgs = await _encode(request, sources, group=True)
+    return await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,
+                              max_tokens=opts.max_tokens, started=started)
