@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     deepface_home: str = ""
     deepface_detector: str = "opencv"
     emotion_max_dim: int = Field(default=640, ge=64, le=4096)
+    emotion_model: Literal["deepface", "mini_xception"] = "deepface"
+    emotion_mini_xception_path: str = ""
+    face_score_threshold: float = Field(default=0.8, gt=0, lt=1)
 
     # --- photo sets / clustering --------------------------------------------
     max_cluster_items: int = Field(default=100_000, ge=1)

@@ -392,9 +392,13 @@ class Orchestrator:
         x, y, w, h = b
         return S.Box(x=int(round(x)), y=int(round(y)), w=int(round(w)), h=int(round(h)))
 
+    @staticmethod
+    def _point(p: Any) -> tuple[float, float]:
+        return (float(p["x"]), float(p["y"])) if isinstance(p, dict) else (float(p[0]), float(p[1]))
+
     def emotion_result(self, it: Ingested) -> S.EmotionResult:
         value = it.models.get("emotion")
-        detector = self.settings.deepface_detector
+        detector = self.settings.deepface_detector if self.settings.emotion_model == "deepface" else "yunet"
         if value is None or isinstance(value, BaseException):
             status, err = self._failure(value) if value is not None else ("unavailable", None)
             return S.EmotionResult(status=status, error=err, detector=detector)
@@ -409,7 +413,7 @@ class Orchestrator:
             status, err = self._failure(value) if value is not None else ("unavailable", None)
             return S.FacesResult(status=status, error=err, detector="yunet")
         faces = [S.Face(box=self._box(f["box"]), confidence=float(f["confidence"]),
-                        landmarks={k: (float(p[0]), float(p[1])) for k, p in (f.get("landmarks") or {}).items()} or None)
+                        landmarks={k: self._point(p) for k, p in (f.get("landmarks") or {}).items()} or None)
                  for f in value]
         adapter = self.registry.entries["faces"].adapter
         thr = {"score_threshold": float(getattr(adapter, "score_threshold", 0.0))} if adapter else {}
