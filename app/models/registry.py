@@ -47,8 +47,8 @@ FAILED_RETRY_S = 30.0
 STATES = ("not_loaded", "loading", "ready", "failed")
 
 
-def adapter_class(name: str) -> type[ModelAdapter]:
-    module_name, _, cls_name = CATALOG[name].partition(":")
+def adapter_class(name: str, catalog: dict[str, str] | None = None) -> type[ModelAdapter]:
+    module_name, _, cls_name = (catalog or CATALOG)[name].partition(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
 
@@ -95,8 +95,7 @@ class ModelRegistry:
         return list(self.entries)
 
     def _adapter_cls(self, name: str) -> type[ModelAdapter]:
-        module_name, _, cls_name = self.catalog[name].partition(":")
-        return getattr(importlib.import_module(module_name), cls_name)
+        return adapter_class(name, self.catalog)
 
     def describe(self, name: str) -> dict[str, Any]:
         e = self.entries[name]

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Fill MODEL_DIR with Loupe's models.
+
+    python scripts/download_models.py                      # every model, from its public source (needs internet)
+    python scripts/download_models.py brisque faces        # only these
+    python scripts/download_models.py --from ../shared/weights   # copy from a local folder (no internet)
+    python scripts/download_models.py --list               # what is where, and what is missing
+
+Each model downloads with a progress bar and is verified by sha256 where its source publishes fixed
+files. `--from DIR` accepts either a MODEL_DIR-shaped folder (brisque/, niqe/, yunet/ …) or the
+layout of the project's offline weights folder (brisque_libsvm_live/, niqe_live/, face_yunet/ …).
+Paths follow the same settings as the service (MODEL_DIR, BRISQUE_PATH, …, from the environment or .env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.core.config import Settings  # noqa: E402
+from app.models.registry import CATALOG, adapter_class  # noqa: E402
+
+#: other names a model's folder has in a local weights collection
+ALIASES: dict[str, tuple[str, ...]] = {
+    "brisque": ("brisque_libsvm_live", "brisque_opencv_live"),
+    "niqe": ("niqe_live",),
+    "yunet": ("face_yunet",),
+    "laion_aesthetic": ("aesthetic_laion_v1_linear",),
+    "emotion_mini_xception": ("emotion_fer_mini_xception",),
+}
+
+
+def copy_from(src_root: Path, name: str, settings: Settings) -> str:
+    cls = adapter_class(name)
+    adapter = cls(settings)
+    dest = adapter.resolve_path()
+    subdir = dest.name if dest.suffix == "" else dest.parent.name
+    candidates = [src_root / cls.default_subdir, src_root / subdir]
+    candidates += [src_root / alias for alias in ALIASES.get(cls.default_subdir, ())]
+    candidates += [src_root / alias for alias in ALIASES.get(subdir, ())]
+    for src in candidates:
+        if src.is_dir() and any(src.iterdir()):
+            target = dest if dest.suffix == "" else dest.parent
+            target.mkdir(parents=True, exist_ok=True)
+            wanted = getattr(cls, "files", ())
+            copied = 0
+            for f in src.iterdir():
+                if f.is_file() and (not wanted or f.name in wanted or f.name.startswith("LICENSE")):
+                    shutil.copy2(f, target / f.name)
+                    copied += 1
+                elif f.is_dir() and not wanted:
+                    shutil.copytree(f, target / f.name, dirs_exist_ok=True)
+                    copied += 1
+            return f"copied {copied} file(s) from {src} to {target}"
+    return f"not found under {src_root} (looked for {', '.join(c.name for c in candidates)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help=f"registry names (default: all): {', '.join(CATALOG)}")
+    parser.add_argument("--from", dest="from_dir", type=Path, help="copy from this local folder instead of downloading")
+    parser.add_argument("--model-dir", type=Path, help="override MODEL_DIR")
+    parser.add_argument("--list", action="store_true", help="show each model's path and whether its files are there")
+    args = parser.parse_args()
+
+    overrides = {"model_dir": args.model_dir} if args.model_dir else {}
+    settings = Settings(**overrides)
+    names = args.models or list(CATALOG)
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}; choose from {', '.join(CATALOG)}")
+
+    failures = 0
+    for name in names:
+        try:
+            cls = adapter_class(name)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{name:16s} cannot import its adapter: {exc}")
+            failures += 1
+            continue
+        path = cls(settings).resolve_path()
+        if args.list:
+            print(f"{name:16s} {'present' if path.exists() else 'MISSING':8s} {path}   source: {cls.source}")
+            continue
+        if args.from_dir:
+            message = copy_from(args.from_dir, name, settings)
+            failures += message.startswith("not found")
+            print(f"{name:16s} {message}")
+            continue
+        print(f"{name:16s} downloading from {cls.source} into {path}")
+        try:
+            cls.download(path if path.suffix == "" else path.parent)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            failures += 1
+            print(f"{name:16s} FAILED: {type(exc).__name__}: {exc}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
