@@ -95,6 +95,14 @@ def main() -> int:
             continue
         print(f"{name:16s} downloading from {cls.source} into {path}")
         try:
+            if name == "clip":
+                from app.models.clip import is_hub_id
+
+                if not is_hub_id(settings.clip_model_name):
+                    print(f"{name:16s} CLIP_MODEL_NAME is a local path ({settings.clip_model_name}); nothing to download")
+                    continue
+                cls.download(path, settings.clip_model_name)
+                continue
             cls.download(path if path.suffix == "" else path.parent)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             failures += 1

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     model_ttl_s: float = Field(default=0.0, ge=0)  # 0 = never unload
     device: Literal["auto", "cpu", "cuda"] = "auto"
     allow_model_downloads: bool = False
+    torch_bf16: bool = False
     brisque_path: str = ""
     niqe_path: str = ""
     nima_technical_path: str = ""

@@ -215,3 +215,23 @@ class QualityGateResponse(BaseModel):
     reasons: list[str] = Field(description="Why is_ok is false (empty when it is true).")
     thresholds: dict[str, float] = Field(description="Every threshold applied.")
     processing_time_ms: float
+
+
+class TextEmbedRequest(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=256, description="Texts to embed (1..256, each 1..1000 characters).")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"texts": ["a cat sleeping on a sofa", "a rocket launch at dusk"]}]})
+
+
+class TextEmbedding(BaseModel):
+    text: str
+    vector: list[float] = Field(description="L2-normalised; the cosine similarity with an image embedding of the same model is the dot product.")
+
+
+class TextEmbedResponse(BaseModel):
+    api_version: str = "v1"
+    model: str | None
+    dim: int
+    embeddings: list[TextEmbedding]
+    processing_time_ms: float

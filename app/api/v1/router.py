@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.v1.endpoints import analyze, cluster, llm, system
+from app.api.v1.endpoints import analyze, cluster, embed, llm, system
 from app.core.ratelimit import enforce_rate_limit
 from app.core.security import require_api_key
 
@@ -13,6 +13,7 @@ v1_router = APIRouter(prefix="/v1", dependencies=[Depends(enforce_rate_limit), D
 v1_router.include_router(analyze.router)
 v1_router.include_router(llm.router)
 v1_router.include_router(cluster.router)
+v1_router.include_router(embed.router)
 v1_router.add_api_route("/operations", system.operations, methods=["GET"], tags=["system"],
                         response_model=system.OperationsResponse, summary="The analyses this instance offers")
 

@@ -1,0 +1,355 @@
+"""CLIP image/text embeddings (transformers `CLIPModel`) and the LAION aesthetic head.
+
+Where the CLIP files live (`CLIP_MODEL_NAME`):
+
+* a local folder (absolute, `./…`, `~/…`, or any path that exists) is used as is;
+* a hub id such as `openai/clip-vit-base-patch32` maps to
+  `MODEL_DIR/clip/openai__clip-vit-base-patch32` (`/` → `__`).
+
+The folder is what `save_pretrained` / `snapshot_download` write: `config.json`,
+`model.safetensors` (or `pytorch_model.bin`), `preprocessor_config.json`, and the
+tokenizer files (`tokenizer.json` and/or `vocab.json` + `merges.txt`,
+`tokenizer_config.json`, `special_tokens_map.json`). If it is missing the adapter
+raises ModelNotFound, unless `ALLOW_MODEL_DOWNLOADS=true` and the name is a hub
+id, in which case it is downloaded there first.
+
+Image preprocessing is done here (torch/torchvision, no processor call per image)
+with the parameters of the folder's `preprocessor_config.json`, reproducing
+transformers' default (torchvision) `CLIPImageProcessor`: shortest side → 224
+bicubic (antialiased, on uint8), centre crop 224 (floor offsets), /255, CLIP
+mean/std.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from app.core.config import Settings
+from app.imaging.decode import DecodedImage
+from app.models.base import ModelAdapter, ModelNotFound
+from app.models.nima import (
+    autocast,
+    bf16_wanted,
+    configure_torch_threads,
+    source_rgb,
+    torch_device,
+    uint8_chw_tensor,
+)
+
+log = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: what `download` fetches from a CLIP repo on the hub
+CLIP_ALLOW_PATTERNS = [
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "model.safetensors",
+]
+
+
+def is_hub_id(name: str) -> bool:
+    """True for `org/name` style ids that are not an existing local path."""
+    name = name.strip()
+    if not name or name.startswith(("/", ".", "~")) or "\\" in name:
+        return False
+    if Path(name).expanduser().exists():
+        return False
+    return bool(_HUB_ID.match(name))
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+
+
+def _size_value(size: Any, *keys: str) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    for k in keys:
+        v = size.get(k) if isinstance(size, dict) else getattr(size, k, None)
+        if v:
+            return int(v)
+    return None
+
+
+def clip_pixel_values(
+    rgb: np.ndarray,
+    *,
+    shortest_edge: int = 224,
+    crop: tuple[int, int] = (224, 224),
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    """transformers' torchvision CLIPImageProcessor, for one HxWx3 uint8 image → float32 (3, h, w)."""
+    import torch
+    import torchvision.transforms.v2.functional as TF  # what transformers uses (v1 rounds differently)
+    from torchvision.transforms import InterpolationMode
+
+    t = uint8_chw_tensor(rgb)  # contiguous: torchvision's uint8 kernels round differently on strided input
+    h, w = t.shape[-2:]
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    new_h, new_w = (new_long, new_short) if w <= h else (new_short, new_long)
+    if (new_h, new_w) != (h, w):
+        t = TF.resize(t, [new_h, new_w], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    ch, cw = crop
+    h, w = t.shape[-2:]
+    if ch > h or cw > w:  # only for extreme aspect ratios; same padding as transformers
+        pad = [
+            (cw - w) // 2 if cw > w else 0,
+            (ch - h) // 2 if ch > h else 0,
+            (cw - w + 1) // 2 if cw > w else 0,
+            (ch - h + 1) // 2 if ch > h else 0,
+        ]
+        t = TF.pad(t, pad, fill=0)
+        h, w = t.shape[-2:]
+    top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+    t = t[:, top : top + ch, left : left + cw].float()
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255.0
+    return ((t - m) / s).contiguous().numpy()
+
+
+class ClipAdapter(ModelAdapter):
+    name: ClassVar[str] = "clip"
+    title: ClassVar[str] = "CLIP image/text embeddings (transformers CLIPModel)"
+    path_setting: ClassVar[str | None] = None  # CLIP_MODEL_NAME, see resolve_path
+    default_subdir: ClassVar[str] = "clip"
+    source: ClassVar[str] = "hf://openai/clip-vit-base-patch32"
+    uses_torch: ClassVar[bool] = True
+    max_batch: ClassVar[int] = 16
+    files: ClassVar[tuple[str, ...]] = tuple(CLIP_ALLOW_PATTERNS)
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.model = None
+        self.tokenizer = None
+        self.model_name: str = settings.clip_model_name
+        self.dim: int | None = None
+        self.shortest_edge = 224
+        self.crop = (224, 224)
+        self.mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+        self.std: tuple[float, ...] = OPENAI_CLIP_STD
+        self.max_text_len = 77
+        self.bf16 = False
+
+    # -- paths -------------------------------------------------------------------
+    def resolve_path(self) -> Path:
+        name = self.settings.clip_model_name.strip()
+        if is_hub_id(name):
+            return Path(self.settings.model_dir).expanduser() / self.default_subdir / name.replace("/", "__")
+        return Path(name).expanduser()
+
+    @staticmethod
+    def has_files(path: Path) -> bool:
+        return (path / "config.json").is_file() and any(
+            (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")
+        )
+
+    @classmethod
+    def download(cls, dest: Path, repo_id: str = "openai/clip-vit-base-patch32") -> Path:
+        """snapshot_download of the files CLIPModel + tokenizer + processor need into `dest`."""
+        from huggingface_hub import snapshot_download
+
+        dest = Path(dest).expanduser()
+        dest.mkdir(parents=True, exist_ok=True)
+        snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=CLIP_ALLOW_PATTERNS)
+        if not (dest / "model.safetensors").is_file():  # older repos only have the .bin
+            snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=["pytorch_model.bin"])
+        return dest
+
+    # -- lifecycle -----------------------------------------------------------------
+    def load(self, path: Path, device: str) -> None:
+        import torch
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        path = Path(path)
+        name = self.settings.clip_model_name.strip()
+        if not self.has_files(path):
+            if is_hub_id(name) and self.settings.allow_model_downloads:
+                log.info("downloading CLIP %s into %s", name, path)
+                self.download(path, name)
+            else:
+                how = (
+                    f"run scripts/download_models.py clip, or set ALLOW_MODEL_DOWNLOADS=true to fetch {name!r}"
+                    if is_hub_id(name)
+                    else "point CLIP_MODEL_NAME at a folder written by CLIPModel.save_pretrained"
+                )
+                raise ModelNotFound(
+                    f"CLIP model files (config.json + model.safetensors/pytorch_model.bin) not found at {path} "
+                    f"(CLIP_MODEL_NAME={name!r}); {how}"
+                )
+        configure_torch_threads(self.settings)
+        device = torch_device(device)
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model.eval().requires_grad_(False).to(device)
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception as exc:
+            raise ModelNotFound(f"CLIP tokenizer files not found or unreadable in {path}: {exc}") from exc
+        self.shortest_edge, self.crop = 224, (224, 224)
+        self.mean, self.std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        if (path / "preprocessor_config.json").is_file():
+            proc = CLIPImageProcessor.from_pretrained(str(path), local_files_only=True)
+            self.shortest_edge = _size_value(proc.size, "shortest_edge", "height") or 224
+            ch = _size_value(proc.crop_size, "height") or self.shortest_edge
+            cw = _size_value(proc.crop_size, "width") or ch
+            self.crop = (ch, cw)
+            self.mean = tuple(float(v) for v in proc.image_mean)
+            self.std = tuple(float(v) for v in proc.image_std)
+        else:
+            size = model.config.vision_config.image_size
+            self.shortest_edge, self.crop = size, (size, size)
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.dim = int(model.config.projection_dim)
+        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        self.model_name = name
+        self.bf16 = bf16_wanted(self.settings, device)
+
+    # -- inference -------------------------------------------------------------------
+    def prepare(self, image: DecodedImage) -> np.ndarray:
+        """float32 (3, 224, 224) pixel_values, cached on the image."""
+        key = ("clip_pixels", self.shortest_edge, self.crop, self.mean, self.std)
+        rgb = lambda: source_rgb(image, self.shortest_edge, self.settings.analysis_max_dim)
+        return image.cached(
+            key,
+            lambda: clip_pixel_values(
+                rgb(), shortest_edge=self.shortest_edge, crop=self.crop, mean=self.mean, std=self.std
+            ),
+        )
+
+    def predict(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """L2-normalised float32 image embeddings (dim,), one batched forward."""
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("clip is not loaded")
+        if not batch:
+            return []
+        configure_torch_threads(self.settings)
+        x = torch.from_numpy(np.stack(batch)).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            pooled = self.model.vision_model(pixel_values=x).pooler_output
+            emb = self.model.visual_projection(pooled)
+        return list(l2_normalize(emb.float().cpu().numpy()))
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) L2-normalised float32 text embeddings."""
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("clip is not loaded")
+        if not texts:
+            return np.zeros((0, self.dim or 0), np.float32)
+        configure_torch_threads(self.settings)
+        tok = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
+        )
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            pooled = self.model.text_model(
+                input_ids=tok["input_ids"].to(self.device),
+                attention_mask=tok["attention_mask"].to(self.device),
+            ).pooler_output
+            emb = self.model.text_projection(pooled)
+        return l2_normalize(emb.float().cpu().numpy())
+
+
+# --------------------------------------------------------------------------------------
+# LAION aesthetic predictor V1 (linear head on CLIP image embeddings)
+# --------------------------------------------------------------------------------------
+
+LAION_FILES = {512: "sa_0_4_vit_b_32_linear.pth", 768: "sa_0_4_vit_l_14_linear.pth"}
+LAION_SHA256 = {
+    "sa_0_4_vit_b_32_linear.pth": "c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f",
+    "sa_0_4_vit_l_14_linear.pth": "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba",
+}
+_LAION_URL = "https://github.com/LAION-AI/aesthetic-predictor/raw/main/"
+
+
+class LaionAestheticAdapter(ModelAdapter):
+    """`score = w · normalize(clip_image_embedding) + b`, about 1..10, higher is better.
+
+    prepare/predict take CLIP image embeddings (the `clip` adapter's output), not
+    images. Every head file present in the folder is loaded (a few KB each); the
+    one whose width equals the embedding's is used, so the same folder serves
+    ViT-B/32 (512) and ViT-L/14 (768).
+    """
+
+    name: ClassVar[str] = "laion_aesthetic"
+    title: ClassVar[str] = "LAION aesthetic predictor V1 (linear head on CLIP embeddings)"
+    path_setting: ClassVar[str | None] = "laion_aesthetic_path"
+    default_subdir: ClassVar[str] = "laion_aesthetic"
+    source: ClassVar[str] = _LAION_URL + LAION_FILES[512]
+    files: ClassVar[tuple[str, ...]] = tuple(LAION_FILES.values())
+    score_range: ClassVar[tuple[float, float]] = (1.0, 10.0)
+    higher_is_better: ClassVar[bool] = True
+    max_batch: ClassVar[int] = 1024
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.heads: dict[int, tuple[np.ndarray, float]] = {}
+
+    @classmethod
+    def download(cls, dest: Path) -> Path:
+        from app.models.nima import download_file
+
+        dest = Path(dest).expanduser()
+        for fname in cls.files:
+            download_file([_LAION_URL + fname], dest / fname, sha256=LAION_SHA256[fname])
+        return dest
+
+    def load(self, path: Path, device: str) -> None:
+        import torch
+
+        path = Path(path)
+        files = [path] if path.is_file() else [path / f for f in self.files if (path / f).is_file()]
+        if not files:
+            raise ModelNotFound(
+                f"LAION aesthetic head not found at {path}: expected {' or '.join(self.files)} "
+                f"(scripts/download_models.py laion_aesthetic, or set LAION_AESTHETIC_PATH)"
+            )
+        heads: dict[int, tuple[np.ndarray, float]] = {}
+        for f in files:
+            sd = torch.load(str(f), map_location="cpu", weights_only=True)
+            sd = {k.split(".")[-1]: v for k, v in sd.items()}  # accept "layers.0.weight" style too
+            w = sd["weight"].float().numpy().reshape(-1)
+            b = float(sd["bias"].float().reshape(-1)[0])
+            heads[w.shape[0]] = (w.astype(np.float32), b)
+        self.heads = heads
+        self.device = "cpu"
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self.heads)
+
+    def prepare(self, embedding: Any) -> np.ndarray:
+        return l2_normalize(np.asarray(embedding, dtype=np.float32).reshape(-1))
+
+    def predict(self, batch: Sequence[np.ndarray]) -> list[float]:
+        if not batch:
+            return []
+        x = l2_normalize(np.stack([np.asarray(b, np.float32).reshape(-1) for b in batch]))
+        head = self.heads.get(x.shape[1])
+        if head is None:
+            raise ValueError(
+                f"no LAION aesthetic head for {x.shape[1]}-d CLIP embeddings (loaded: {self.dims}); "
+                f"ViT-B/32 needs {LAION_FILES[512]}, ViT-L/14 needs {LAION_FILES[768]}"
+            )
+        w, b = head
+        return [float(v) for v in x.astype(np.float64) @ w.astype(np.float64) + b]

@@ -1,0 +1,387 @@
+"""NIMA quality / aesthetic models, pyiqa's published checkpoints, loaded from local files.
+
+pyiqa (chaofengc/IQA-PyTorch) ships NIMA as `pyiqa.archs.nima_arch.NIMA`:
+
+    base_model   = timm.create_model("inception_resnet_v2", features_only=True)
+    global_pool  = AdaptiveAvgPool2d(1)             (on the last feature map, 1536 ch)
+    classifier   = Sequential(Flatten, Dropout(0), Linear(1536, C) [, Softmax if C > 1])
+    score        = sum(dist * [1..C])               (`dist_to_mos`; for C = 1 the raw output)
+
+Input (eval mode): an RGB tensor in [0, 1], resized so the shorter side is 299
+(bilinear, antialiased), centre-cropped to 299x299, normalised with timm's
+`pretrained_cfg` mean/std for inception_resnet_v2 = (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5).
+
+| adapter           | pyiqa metric | trained on | C  | file (MODEL_DIR/<subdir>/)         | score                      |
+|-------------------|--------------|------------|----|------------------------------------|----------------------------|
+| `nima_technical`  | `nima-koniq` | KonIQ-10k  | 1  | `NIMA_koniq-250367ae.pth`          | ~0..~1, higher is better   |
+| `nima_aesthetic`  | `nima`       | AVA        | 10 | `NIMA_InceptionV2_ava-b0c77c00.pth`| mean 1..10, higher better  |
+
+The files are pyiqa's own (`torch.save({"params": state_dict})`, keys
+`base_model.*` and `classifier.2.*`), so a file downloaded for pyiqa can be dropped
+in as is. pyiqa itself is not imported at run time (importing it costs seconds and
+its constructor always asks timm to download ImageNet weights); `NimaNet` is a
+module-for-module copy whose state-dict keys and forward pass the tests check
+against pyiqa's class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from app.core.config import Settings
+from app.imaging.decode import DecodedImage
+from app.models.base import ModelAdapter, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------
+# Shared torch runtime helpers (also used by app/models/clip.py)
+# --------------------------------------------------------------------------------------
+
+
+def torch_threads_for(settings: Settings) -> int:
+    """Intra-op threads per forward: the cores divided by the analysis pool's workers.
+
+    The registry runs models concurrently on `settings.threads` pool workers, so
+    each forward gets `cpu_count // threads` (default: 1) and the cores are never
+    oversubscribed. Measured on a busy 2-core machine: the two NIMAs one after
+    the other with 2 threads each took 2.1-2.5 s per image, side by side with one
+    thread each 0.94-1.0 s (OpenMP teams stall when a core is taken). Set
+    ANALYSIS_THREADS=1 to give a lone forward every core instead.
+    """
+    cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, min(settings.threads, cpus)))
+
+
+def configure_torch_threads(settings: Settings) -> int:
+    """Apply `torch_threads_for(settings)` in the calling thread.
+
+    Called before every forward: torch's OpenMP thread count is per thread once a
+    thread has run a parallel op, so setting it once at load time does not reach
+    pool threads that already ran torch code. Cheap when nothing changes.
+    """
+    import torch
+
+    n = torch_threads_for(settings)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def torch_device(device: str) -> str:
+    """'auto' → cuda when available else cpu; anything else is passed through."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def bf16_wanted(settings: Settings, device: str) -> bool:
+    """bf16 autocast when the (optional) `torch_bf16` setting asks for it and the hardware has it.
+
+    On a CPU with AVX512-BF16 / AMX it halves NIMA and CLIP time; features move by
+    about 0.4 % (relative L2, measured with random weights). Off by default.
+    """
+    if not settings.torch_bf16:
+        return False
+    import torch
+
+    if device == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except Exception:  # noqa: BLE001
+            return False
+    return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: str, bf16: bool):
+    import torch
+
+    if not bf16:
+        return nullcontext()
+    return torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16)
+
+
+def uint8_chw_tensor(rgb: np.ndarray):
+    """HxWx3 uint8 → contiguous (3, H, W) uint8 tensor (read-only arrays are copied, not warned about)."""
+    import torch
+
+    arr = np.require(rgb, dtype=np.uint8, requirements=["C", "W"])
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_file(urls: Sequence[str], dest: Path, sha256: str | None = None) -> Path:
+    """Download the first URL that works to `dest` (atomic, with a progress bar).
+
+    `sha256`: the full digest or a prefix of it; a mismatch deletes the file and fails.
+    An existing `dest` is kept (and checked when `sha256` is given).
+    """
+    import torch.hub
+
+    def check(p: Path) -> None:
+        if sha256:
+            got = sha256_file(p)
+            if not got.startswith(sha256.lower()):
+                p.unlink(missing_ok=True)
+                raise RuntimeError(f"{dest.name}: sha256 {got[:16]}… does not match the expected {sha256[:16]}…")
+
+    if dest.exists():
+        check(dest)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in urls:
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            log.info("downloading %s -> %s", url, dest)
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+            check(tmp)
+            tmp.replace(dest)
+            log.info("%s sha256 %s", dest.name, sha256_file(dest))
+            return dest
+        except Exception as exc:  # noqa: BLE001 - try the next mirror
+            errors.append(f"{url}: {exc}")
+            tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"could not download {dest.name}: " + "; ".join(errors))
+
+
+# --------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------
+
+NIMA_BACKBONE = "inception_resnet_v2"
+NIMA_INPUT_SIZE = 299
+#: timm's pretrained_cfg for inception_resnet_v2 (what pyiqa normalises with)
+NIMA_MEAN = (0.5, 0.5, 0.5)
+NIMA_STD = (0.5, 0.5, 0.5)
+
+_HF_BASE = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
+_GH_BASE = "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/"
+
+
+def build_nima_net(num_classes: int, base_model_name: str = NIMA_BACKBONE):
+    """pyiqa's NIMA module tree with random weights and no download."""
+    import timm
+    from torch import nn
+
+    class NimaNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base_model = timm.create_model(base_model_name, pretrained=False, features_only=True)
+            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            in_ch = self.base_model.feature_info.channels()[-1]
+            layers = [nn.Flatten(), nn.Dropout(p=0.0), nn.Linear(in_ch, num_classes)]
+            if num_classes > 1:
+                layers.append(nn.Softmax(dim=-1))
+            self.classifier = nn.Sequential(*layers)
+
+        def forward(self, x):  # x: normalised (N, 3, 299, 299) → (N, C)
+            return self.classifier(self.global_pool(self.base_model(x)[-1]))
+
+    return NimaNet()
+
+
+def load_pyiqa_state_dict(file: Path) -> dict:
+    """The state dict inside a pyiqa checkpoint (`{"params": ...}`, `module.` prefixes removed)."""
+    import torch
+
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{file} is not a readable PyTorch checkpoint: {exc}") from exc
+    if isinstance(obj, dict) and "params" in obj and isinstance(obj["params"], dict):
+        obj = obj["params"]
+    if not isinstance(obj, dict):
+        raise TypeError(f"{file} does not contain a state dict")
+    return {(k.removeprefix("module.")): v for k, v in obj.items()}
+
+
+def nima_input(rgb: np.ndarray, size: int = NIMA_INPUT_SIZE) -> np.ndarray:
+    """pyiqa's eval preprocessing: [0,1] → short side `size` (bilinear, antialias) → centre crop → (x-0.5)/0.5.
+
+    Returns float32 (3, size, size), C-contiguous.
+    """
+    import torch
+    import torchvision.transforms.functional as TF
+
+    t = uint8_chw_tensor(rgb).float().div_(255.0)
+    t = TF.resize(t, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    t = TF.center_crop(t, size)
+    mean = torch.tensor(NIMA_MEAN).view(3, 1, 1)
+    std = torch.tensor(NIMA_STD).view(3, 1, 1)
+    return ((t - mean) / std).contiguous().numpy().astype(np.float32, copy=False)
+
+
+def source_rgb(image: DecodedImage, short_target: int, max_dim: int) -> np.ndarray:
+    """The shared reduced copy (`rgb_max(max_dim)`) when its short side still covers
+    `short_target`, else the decoded pixels as they are."""
+    h, w = image.rgb.shape[:2]
+    short, long = min(h, w), max(h, w)
+    if long > max_dim and short * max_dim / long >= short_target:
+        return image.rgb_max(max_dim)
+    return image.rgb
+
+
+# --------------------------------------------------------------------------------------
+# Adapters
+# --------------------------------------------------------------------------------------
+
+
+class _NimaAdapter(ModelAdapter):
+    uses_torch: ClassVar[bool] = True
+    max_batch: ClassVar[int] = 16
+    #: checkpoint file name (pyiqa's), looked for in the resolved folder
+    files: ClassVar[tuple[str, ...]]
+    num_classes: ClassVar[int]
+    #: the pyiqa metric this reproduces
+    pyiqa_metric: ClassVar[str]
+    input_size: ClassVar[int] = NIMA_INPUT_SIZE
+    score_range: ClassVar[tuple[float, float]]
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.net = None
+        self.file: Path | None = None
+        self.bf16 = False
+
+    # -- files -------------------------------------------------------------------
+    @classmethod
+    def urls(cls) -> list[str]:
+        return [_HF_BASE + cls.files[0], _GH_BASE + cls.files[0]]
+
+    @classmethod
+    def download(cls, dest: Path) -> Path:
+        """Fetch pyiqa's checkpoint into folder `dest` (or to `dest` itself if it names a .pth)."""
+        dest = Path(dest).expanduser()
+        target = dest if dest.suffix in (".pth", ".pt") else dest / cls.files[0]
+        return download_file(cls.urls(), target)
+
+    def checkpoint_file(self, path: Path) -> Path:
+        """`path` may be the .pth itself or the folder holding it."""
+        setting = (self.path_setting or "").upper()
+        hint = (
+            f"download {self.files[0]} from {self.urls()[0]} into that folder "
+            f"(scripts/download_models.py {self.name}) or set {setting} to the file"
+        )
+        if path.is_file():
+            return path
+        if path.is_dir():
+            wanted = path / self.files[0]
+            if wanted.is_file():
+                return wanted
+            others = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".pt"))
+            if len(others) == 1:
+                return others[0]
+            raise ModelNotFound(
+                f"{self.title}: {self.files[0]} not found in {path}; {hint}"
+            )
+        raise ModelNotFound(f"{self.title}: weights not found at {path}; {hint}")
+
+    # -- lifecycle -----------------------------------------------------------------
+    def load(self, path: Path, device: str) -> None:
+        import torch
+
+        file = self.checkpoint_file(Path(path))
+        configure_torch_threads(self.settings)
+        device = torch_device(device)
+        state = load_pyiqa_state_dict(file)
+        net = build_nima_net(self.num_classes)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{file} is not a pyiqa {self.pyiqa_metric} checkpoint "
+                f"({NIMA_BACKBONE}, {self.num_classes} output(s)): {str(exc)[:400]}"
+            ) from exc
+        net.eval().requires_grad_(False)
+        net = net.to(device=device, memory_format=torch.channels_last)
+        self.net, self.file, self.device = net, file, device
+        self.bf16 = bf16_wanted(self.settings, device)
+
+    # -- inference -------------------------------------------------------------------
+    def prepare(self, image: DecodedImage) -> np.ndarray:
+        """float32 (3, 299, 299), pyiqa-normalised; shared by both NIMA adapters (same cache key)."""
+        size = self.input_size
+        max_dim = self.settings.analysis_max_dim
+        return image.cached(
+            ("nima_input", size),
+            lambda: nima_input(source_rgb(image, size, max_dim), size),
+        )
+
+    def forward(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, C) float32 network output for prepared inputs, one batched forward."""
+        import torch
+
+        if self.net is None:
+            raise RuntimeError(f"{self.name} is not loaded")
+        if not batch:
+            return np.zeros((0, self.num_classes), np.float32)
+        configure_torch_threads(self.settings)
+        x = torch.from_numpy(np.stack(batch)).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            out = self.net(x)
+        return out.float().cpu().numpy()
+
+
+class NimaTechnicalAdapter(_NimaAdapter):
+    """pyiqa `nima-koniq`: technical quality regressed on KonIQ-10k MOS (about 0..1)."""
+
+    name: ClassVar[str] = "nima_technical"
+    title: ClassVar[str] = "NIMA technical quality (pyiqa nima-koniq, InceptionResNetV2, KonIQ-10k)"
+    path_setting: ClassVar[str | None] = "nima_technical_path"
+    default_subdir: ClassVar[str] = "nima_technical"
+    files: ClassVar[tuple[str, ...]] = ("NIMA_koniq-250367ae.pth",)
+    source: ClassVar[str] = _HF_BASE + "NIMA_koniq-250367ae.pth"
+    num_classes: ClassVar[int] = 1
+    pyiqa_metric: ClassVar[str] = "nima-koniq"
+    #: pyiqa's declared range "~0, ~1" (a regression output: not clipped)
+    score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    higher_is_better: ClassVar[bool] = True
+
+    def predict(self, batch: Sequence[Any]) -> list[float]:
+        out = self.forward(batch)
+        return [float(v) for v in out[:, 0]]
+
+
+class NimaAestheticAdapter(_NimaAdapter):
+    """pyiqa `nima`: AVA 10-bin score distribution; mean on 1..10."""
+
+    name: ClassVar[str] = "nima_aesthetic"
+    title: ClassVar[str] = "NIMA aesthetic score (pyiqa nima, InceptionResNetV2, AVA)"
+    path_setting: ClassVar[str | None] = "nima_aesthetic_path"
+    default_subdir: ClassVar[str] = "nima_aesthetic"
+    files: ClassVar[tuple[str, ...]] = ("NIMA_InceptionV2_ava-b0c77c00.pth",)
+    source: ClassVar[str] = _HF_BASE + "NIMA_InceptionV2_ava-b0c77c00.pth"
+    num_classes: ClassVar[int] = 10
+    pyiqa_metric: ClassVar[str] = "nima"
+    score_range: ClassVar[tuple[float, float]] = (1.0, 10.0)
+    higher_is_better: ClassVar[bool] = True
+
+    def predict(self, batch: Sequence[Any]) -> list[dict]:
+        dist = self.forward(batch).astype(np.float64)
+        bins = np.arange(1, self.num_classes + 1, dtype=np.float64)
+        mean = dist @ bins
+        std = np.sqrt(np.maximum((dist * (bins[None, :] - mean[:, None]) ** 2).sum(axis=1), 0.0))
+        return [
+            {"mean": float(m), "std": float(s), "distribution": [float(p) for p in d]}
+            for m, s, d in zip(mean, std, dist)
+        ]

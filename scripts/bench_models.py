@@ -1,0 +1,158 @@
+"""Full-analysis benchmark (every analysis on): ms per image at batch 1 and 16, next to a per-image
+sequential pipeline in the same run, and peak RSS with all models loaded.
+
+Speed does not depend on weight values, so the models whose published weights cannot be had
+offline (CLIP ViT-B/32, pyiqa's NIMA, DeepFace's emotion CNN) are built at full size with random
+weights, in their real on-disk formats, and loaded through the real registry. BRISQUE, NIQE,
+YuNet and the LAION head use the real files from ../shared/weights when that folder exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "weights"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_model_dir(model_dir: Path) -> list[str]:
+    """Fill `model_dir` for the benchmark; returns notes on where each model came from."""
+    from tests.factories.faces import write_random_deepface_emotion_weights
+    from tests.factories.models import full_size_clip, write_clip_tokenizer, write_nima_checkpoint
+
+    notes = []
+    for sub, src in (("brisque", "brisque_libsvm_live"), ("niqe", "niqe_live"), ("yunet", "face_yunet"),
+                     ("laion_aesthetic", "aesthetic_laion_v1_linear")):
+        if (SHARED / src).is_dir():
+            shutil.copytree(SHARED / src, model_dir / sub, dirs_exist_ok=True)
+            notes.append(f"{sub}: real weights from ../shared/weights/{src}")
+        else:
+            notes.append(f"{sub}: MISSING (no ../shared/weights/{src}) — not measured")
+    for kind in ("nima_technical", "nima_aesthetic"):
+        write_nima_checkpoint(model_dir / kind, kind)
+        notes.append(f"{kind}: pyiqa architecture at full size, random weights")
+    clip_dir = model_dir / "clip" / "openai__clip-vit-base-patch32"
+    model = full_size_clip()
+    model.save_pretrained(clip_dir)
+    write_clip_tokenizer(clip_dir)
+    notes.append("clip: CLIP ViT-B/32 at full size (transformers CLIPModel()), random weights")
+    write_random_deepface_emotion_weights(model_dir / "deepface")
+    notes.append("emotion: DeepFace emotion CNN, random weights (detector: opencv Haar cascade)")
+    return notes
+
+
+def bench_images(n: int = 16) -> list[bytes]:
+    """Real photos (skimage) as ~1080p JPEGs."""
+    import cv2
+    from PIL import Image
+
+    from tests.helpers import photo
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left"]
+    out = []
+    for i in range(n):
+        rgb = photo(names[i % len(names)])
+        h, w = rgb.shape[:2]
+        scale = 1920 / max(h, w) * (0.75 if i % 2 else 1.0)
+        big = cv2.resize(np.ascontiguousarray(rgb), (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_models(args) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.core.config import Settings
+    from app.imaging.decode import decode_image
+    from app.imaging.fetch import make_client
+    from app.imaging.sources import ImageSource
+    from app.models.registry import ModelRegistry
+    from app.schemas.common import RunFlags
+    from app.services.orchestrator import Orchestrator
+
+    tmp = Path(tempfile.mkdtemp(prefix="loupe-bench-models-"))
+    try:
+        notes = build_model_dir(tmp)
+        settings = Settings(_env_file=None, model_dir=tmp, log_level="WARNING")
+        images = bench_images(16)
+        flags = RunFlags(run_blur=True, run_exposure=True, run_quality=True, run_aesthetic=True,
+                         run_emotion=True, run_embedding=True, run_faces=True)
+        print("\n## models: every analysis on, 16 real photos as ~1080p JPEGs")
+        for note in notes:
+            print(f"  - {note}")
+
+        async def run() -> dict:
+            pool = ThreadPoolExecutor(settings.threads)
+            registry = ModelRegistry(settings, pool)
+            client = make_client(settings)
+            orch = Orchestrator(settings, registry, pool, client)
+            t0 = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(pool, lambda: [registry.ensure_loaded(n) for n in registry.names()])
+            load_s = time.perf_counter() - t0
+            states = {n: e.state for n, e in registry.entries.items()}
+            sources = lambda: [ImageSource(image_id=str(i), data=d) for i, d in enumerate(images)]  # noqa: E731
+            await orch.analyze(sources()[:4], flags)  # warm-up
+            # batch 16: one request
+            t0 = time.perf_counter()
+            res16 = await orch.analyze(sources(), flags)
+            b16 = (time.perf_counter() - t0) * 1000 / len(images)
+            # batch 1: one request per image
+            t0 = time.perf_counter()
+            for s in sources():
+                await orch.analyze([s], flags)
+            b1 = (time.perf_counter() - t0) * 1000 / len(images)
+
+            # baseline: a per-image sequential pipeline — each analysis decodes the file itself and
+            # runs its model on that one image (no shared decode, no batching)
+            def sequential() -> float:
+                t = time.perf_counter()
+                for data in images:
+                    for name in registry.names():
+                        if name == "laion_aesthetic":
+                            continue
+                        img = decode_image(data, max_pixels=settings.max_image_pixels)
+                        adapter = registry.entries[name].adapter
+                        registry.entries[name].adapter.predict([adapter.prepare(img)])
+                    img = decode_image(data, max_pixels=settings.max_image_pixels)
+                    orch.gate_sync(img)
+                return (time.perf_counter() - t) * 1000 / len(images)
+
+            seq = await asyncio.get_running_loop().run_in_executor(pool, sequential)
+            errors = sorted({f"{k}: {getattr(getattr(r, k), 'error', None).message}" for r in res16
+                             for k in ("quality", "aesthetic", "emotion", "embedding", "faces")
+                             if getattr(r, k) is not None and getattr(r, k).status != "ok"})
+            await client.aclose()
+            registry.shutdown()
+            pool.shutdown()
+            return {"load_s": load_s, "states": states, "batch16_ms": b16, "batch1_ms": b1, "sequential_ms": seq,
+                    "errors": errors}
+
+        out = asyncio.run(run())
+        print(f"  model states: {out['states']}  (all loaded in {out['load_s']:.1f} s)")
+        for e in out["errors"]:
+            print(f"  !! {e}")
+        seq = out["sequential_ms"]
+        print(f"{'variant':58s} {'ms/image':>9s} {'speed-up':>9s}")
+        print(f"{'baseline: per-image sequential pipeline (decode per analysis)':58s} {seq:9.1f} {1.0:9.2f}")
+        print(f"{'loupe, batch 1 (one request per image)':58s} {out['batch1_ms']:9.1f} {seq / out['batch1_ms']:9.2f}")
+        print(f"{'loupe, batch 16 (one request)':58s} {out['batch16_ms']:9.1f} {seq / out['batch16_ms']:9.2f}")
+        out["peak_rss_mib"] = peak_rss_mib()
+        print(f"peak RSS with all models loaded: {out['peak_rss_mib']:.0f} MiB")
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
