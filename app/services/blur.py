@@ -20,6 +20,27 @@ def laplacian_variance(gray: np.ndarray) -> float:
     return float(std[0, 0]) ** 2
 
 
+#: Immerkaer's noise operator; its response to white noise of std σ has std 6σ (Σ m² = 36)
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+#: Σ k² of the 3x3 Laplacian above: white noise of std σ adds 20σ² to its variance
+LAPLACIAN_NOISE_GAIN = 20.0
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Robust estimate of the std of additive noise (grey levels): Immerkaer's operator with a
+    median (MAD) instead of the mean, so edges and texture barely count."""
+    r = cv2.filter2D(gray, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    return float(np.median(np.abs(r))) / (0.6745 * 6.0)
+
+
+def noise_compensated_variance(variance: float, sigma: float) -> float:
+    """Laplacian variance minus what noise of std `sigma` contributes (20σ²): detail, not grain.
+
+    Noise raises the raw variance (a noisy blurred photo can look sharp); the quality score
+    uses this one so that adding noise never buys a better sharpness component."""
+    return max(variance - LAPLACIAN_NOISE_GAIN * sigma * sigma, 1e-6)
+
+
 def is_blurry(variance: float, threshold: float) -> bool:
     return variance < threshold
 

@@ -1,4 +1,8 @@
-"""Exposure: mean brightness and the share of clipped shadows and highlights of the grey image."""
+"""Exposure: mean brightness and the share of clipped shadows and highlights of the grey image.
+
+Mean and contrast come from every pixel; clipped shares and percentiles from an area-averaged
+copy (longest side REGION_DIM), i.e. from regions rather than single noisy pixels.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +26,27 @@ class ExposureStats:
     p95: float
 
 
+#: clipping and percentiles are measured on a copy area-averaged to this longest side, so they
+#: count crushed/blown *regions*: sensor noise scatters single pixels across the clip levels and
+#: would otherwise make a noisier copy look better exposed
+REGION_DIM = 256
+
+
+def _histogram(gray: np.ndarray) -> np.ndarray:
+    return cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+
+
 def exposure_stats(gray: np.ndarray) -> ExposureStats:
-    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
-    n = hist.sum()
+    from app.imaging.decode import resize_max
+
     levels = np.arange(256, dtype=np.float64)
+    hist = _histogram(gray)
+    n = hist.sum()
     mean = float((hist * levels).sum() / n)
     var = float((hist * (levels - mean) ** 2).sum() / n)
-    cdf = np.cumsum(hist) / n
+    small = resize_max(gray, REGION_DIM)
+    region_hist = hist if small is gray else _histogram(small)
+    cdf = np.cumsum(region_hist) / region_hist.sum()
     return ExposureStats(
         mean_brightness=mean,
         contrast=var ** 0.5,

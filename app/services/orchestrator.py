@@ -153,6 +153,7 @@ class Orchestrator:
         t0 = time.perf_counter()
         var = blur_svc.laplacian_variance(gray)
         t1 = time.perf_counter()
+        out["noise_sigma"] = blur_svc.noise_sigma(gray)
         stats = exp_svc.exposure_stats(gray)
         t2 = time.perf_counter()
         out["laplacian_variance"] = var
@@ -281,8 +282,11 @@ class Orchestrator:
         var = it.gate["laplacian_variance"]
         h, w = it.gate["analyzed_shape"][:2]
         t = self.settings.blur_threshold
+        sigma = it.gate["noise_sigma"]
         return S.BlurResult(status="ok", laplacian_variance=round(var, 4),
                             sharpness_score=round(blur_svc.sharpness_score(var, t), 4),
+                            noise_sigma=round(sigma, 4),
+                            detail_variance=round(blur_svc.noise_compensated_variance(var, sigma), 4),
                             is_blurry=blur_svc.is_blurry(var, t), analyzed_width_px=w, analyzed_height_px=h,
                             thresholds=self.blur_thresholds())
 
@@ -308,7 +312,7 @@ class Orchestrator:
         missing: dict[str, str] = {}
         raw: dict[str, float] = {}
         w = score_svc.WEIGHTS
-        var = it.gate["laplacian_variance"]
+        var = blur_svc.noise_compensated_variance(it.gate["laplacian_variance"], it.gate["noise_sigma"])
         comps.append(score_svc.Component("sharpness", var, (0.0, None), True,
                                          blur_svc.sharpness_score(var, self.settings.blur_threshold), w["sharpness"]))
         st = it.gate["exposure"]
