@@ -48,7 +48,7 @@ def copy_from(src_root: Path, name: str, settings: Settings) -> str:
         if src.is_dir() and any(src.iterdir()):
             target = dest if dest.suffix == "" else dest.parent
             target.mkdir(parents=True, exist_ok=True)
-            wanted = getattr(cls, "files", ())
+            wanted = tuple(getattr(cls, "files", ())) + tuple(getattr(cls, "alt_files", ()))
             copied = 0
             for f in src.iterdir():
                 if f.is_file() and (not wanted or f.name in wanted or f.name.startswith("LICENSE")):

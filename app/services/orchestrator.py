@@ -320,8 +320,10 @@ class Orchestrator:
                                          self._exposure_score(st), w["exposure"]))
         for name in ("brisque", "niqe", "nima_technical"):
             value = it.models.get(name)
-            if value is None:
+            if name not in it.models:
                 missing[name] = "not run"
+            elif value is None:
+                missing[name] = "undefined for this image (too small, or flat with no texture to measure)"
             elif isinstance(value, BaseException):
                 missing[name] = self._failure(value)[1].message
             else:
