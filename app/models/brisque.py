@@ -458,34 +458,9 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
 
 def fetch_verified(url: str, dest: Path, sha256: str | None, *, client: Any = None) -> Path:
     """Stream `url` to `dest` with a progress bar; with `sha256`, keep it only if it matches."""
-    import httpx
-    from tqdm import tqdm
+    from app.models.download import fetch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    digest = hashlib.sha256()
-    own = client is None
-    client = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0))
-    try:
-        with client.stream("GET", url) as resp, open(tmp, "wb") as fh:
-            resp.raise_for_status()
-            total = int(resp.headers.get("content-length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-                for chunk in resp.iter_bytes(1 << 16):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        if own:
-            client.close()
-    if sha256 is not None and digest.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise ValueError(f"sha256 mismatch for {url}: got {digest.hexdigest()}, expected {sha256}")
-    tmp.replace(dest)
-    return dest
+    return fetch([url], dest, sha256, client=client)
 
 
 def _write_verified(dest: Path, data: bytes, sha256: str) -> None:

@@ -22,7 +22,6 @@ missing file raises `ModelNotFound` naming the path where it is expected. The
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -156,43 +155,9 @@ def emotion_result(box: dict[str, int], confidence: float, probs: np.ndarray) ->
 # --------------------------------------------------------------------------- downloads
 def fetch(urls: Sequence[str], target: Path, sha256: str | None) -> Path:
     """Download the first URL that works to `target` (progress bar), checking sha256."""
-    import urllib.request
+    from app.models.download import fetch as shared_fetch
 
-    from tqdm import tqdm
-
-    if target.is_file() and sha256 and _sha256(target) == sha256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    errors = []
-    for url in urls:
-        try:
-            digest = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-                size = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=size, unit="B", unit_scale=True, desc=target.name) as bar:
-                    while chunk := resp.read(1 << 20):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-            got = digest.hexdigest()
-            if sha256 and got != sha256:
-                raise ValueError(f"sha256 {got} != expected {sha256}")
-            part.replace(target)
-            log.info("downloaded %s (sha256 %s) from %s", target, got, url)
-            return target
-        except Exception as exc:  # noqa: BLE001 - try the next source
-            errors.append(f"{url}: {exc}")
-            part.unlink(missing_ok=True)
-    raise RuntimeError(f"could not download {target.name}: " + "; ".join(errors))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return shared_fetch(urls, target, sha256)
 
 
 # --------------------------------------------------------------------------- YuNet

@@ -26,7 +26,6 @@ against pyiqa's class.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
+from app.models.download import fetch
 from app.models.base import ModelAdapter, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -119,47 +119,9 @@ def uint8_chw_tensor(rgb: np.ndarray):
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_file(urls: Sequence[str], dest: Path, sha256: str | None = None) -> Path:
-    """Download the first URL that works to `dest` (atomic, with a progress bar).
-
-    `sha256`: the full digest or a prefix of it; a mismatch deletes the file and fails.
-    An existing `dest` is kept (and checked when `sha256` is given).
-    """
-    import torch.hub
-
-    def check(p: Path) -> None:
-        if sha256:
-            got = sha256_file(p)
-            if not got.startswith(sha256.lower()):
-                p.unlink(missing_ok=True)
-                raise RuntimeError(f"{dest.name}: sha256 {got[:16]}… does not match the expected {sha256[:16]}…")
-
-    if dest.exists():
-        check(dest)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for url in urls:
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            log.info("downloading %s -> %s", url, dest)
-            torch.hub.download_url_to_file(url, str(tmp), progress=True)
-            check(tmp)
-            tmp.replace(dest)
-            log.info("%s sha256 %s", dest.name, sha256_file(dest))
-            return dest
-        except Exception as exc:  # noqa: BLE001 - try the next mirror
-            errors.append(f"{url}: {exc}")
-            tmp.unlink(missing_ok=True)
-    raise RuntimeError(f"could not download {dest.name}: " + "; ".join(errors))
+    """Download the first URL that works to `dest` (atomic, progress bar, sha256 full or prefix)."""
+    return fetch(urls, dest, sha256)
 
 
 # --------------------------------------------------------------------------------------

@@ -227,21 +227,23 @@ def test_nima_wrong_checkpoint_is_a_clear_error(nima_dir):
 
 
 def test_nima_download_uses_pyiqas_url(tmp_path, monkeypatch):
-    import torch.hub
+    import httpx
+
+    import app.models.download as dl
 
     calls = []
 
-    def fake(url, dst, progress=True):
-        calls.append((url, progress))
-        with open(dst, "wb") as f:
-            f.write(b"x")
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        return httpx.Response(200, content=b"x")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake)
+    real_client = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler)))
     path = NimaTechnicalAdapter.download(tmp_path / "nima_technical")
     assert path == tmp_path / "nima_technical" / "NIMA_koniq-250367ae.pth" and path.is_file()
-    assert calls == [(NimaTechnicalAdapter.urls()[0], True)]
+    assert calls == [NimaTechnicalAdapter.urls()[0]]
     NimaTechnicalAdapter.download(tmp_path / "nima_technical")  # present: no second download
-    assert len(calls) == 1
+    assert len(calls) == 1 and dl.sha256_file(path)
 
 
 # ================================================================== CLIP
