@@ -66,13 +66,18 @@ def form_flags(form, model: type[M] = RunFlags, **extra) -> M:
         raise validation_failed(exc) from exc
 
 
-def form_files(form, max_count: int) -> list[ImageSource]:
+def check_count(received: int, limit: int, setting: str) -> None:
+    """413 in the envelope when a request carries more items than `setting` allows."""
+    if received > limit:
+        raise PayloadTooLarge(f"{received} images sent; the limit is {limit} ({setting.upper()}).",
+                              detail={setting: limit, "received": received})
+
+
+def form_files(form, max_count: int, setting: str = "max_batch_size") -> list[ImageSource]:
     files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
     if not files:
         raise ValidationFailed("Send the image in a multipart field named `file`.")
-    if len(files) > max_count:
-        raise PayloadTooLarge(f"{len(files)} images sent; the limit is {max_count} (MAX_BATCH_SIZE).",
-                              detail={"max_batch_size": max_count, "received": len(files)})
+    check_count(len(files), max_count, setting)
     ids = [str(v) for v in form.getlist("image_id")]
     if ids and len(ids) != len(files):
         raise ValidationFailed(f"{len(ids)} image_id fields for {len(files)} files: give one per file or none.")

@@ -247,31 +247,28 @@ class ModelRegistry:
         e = self.entries[name]
         return e.executor or self.pool
 
-    async def run(self, name: str, images: Sequence[Any]) -> list[Any]:
-        """Async: load if needed and run the batch off the event loop."""
-        loop = asyncio.get_running_loop()
-        if self.entries.get(name) is None:
+    async def _ready(self, name: str) -> ModelAdapter:
+        """The loaded adapter; a load runs on the shared pool (the model's own executor, if it
+        has one, exists only once it is loaded)."""
+        e = self.entries.get(name)
+        if e is None:
             raise ModelUnavailable(f"Unknown model {name!r}.")
-        if self.entries[name].state != "ready":
-            # Loading happens on the shared pool; the model's own executor exists only once loaded.
-            await loop.run_in_executor(self.pool, self.ensure_loaded, name)
-        return await loop.run_in_executor(self.executor_for(name), self.run_sync, name, images)
-
-    async def predict(self, name: str, inputs: Sequence[Any]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        if self.entries.get(name) is None:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
-        if self.entries[name].state != "ready":
-            await loop.run_in_executor(self.pool, self.ensure_loaded, name)
-        return await loop.run_in_executor(self.executor_for(name), self.predict_sync, name, inputs)
+        if e.state == "ready" and e.adapter is not None:
+            return e.adapter
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.ensure_loaded, name)
 
     async def call(self, name: str, fn, *args) -> Any:
-        """Run `fn(adapter, *args)` on the model's executor (e.g. CLIP text embedding)."""
-        loop = asyncio.get_running_loop()
-        if self.entries.get(name) is None:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
-        adapter = await loop.run_in_executor(self.pool, self.ensure_loaded, name)
-        return await loop.run_in_executor(self.executor_for(name), fn, adapter, *args)
+        """Run `fn(adapter, *args)` on the model's executor, loading it first if needed."""
+        adapter = await self._ready(name)
+        return await asyncio.get_running_loop().run_in_executor(self.executor_for(name), fn, adapter, *args)
+
+    async def run(self, name: str, images: Sequence[Any]) -> list[Any]:
+        """Async: prepare and run one batch of images off the event loop."""
+        return await self.call(name, lambda _adapter, imgs: self.run_sync(name, imgs), images)
+
+    async def predict(self, name: str, inputs: Sequence[Any]) -> list[Any]:
+        """Async: run one batch of already prepared inputs off the event loop."""
+        return await self.call(name, lambda _adapter, xs: self.predict_sync(name, xs), inputs)
 
     def start_ttl_task(self) -> None:
         if self.settings.model_ttl_s <= 0:

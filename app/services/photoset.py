@@ -54,12 +54,10 @@ class UnionFind:
 
 
 def hash_links(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
-    links = []
-    for i in range(len(hashes)):
-        for j in range(i + 1, len(hashes)):
-            if phash_svc.hamming(hashes[i], hashes[j]) <= max_distance:
-                links.append((i, j))
-    return links
+    if len(hashes) < 2:
+        return []
+    close = np.triu(phash_svc.hamming_matrix(hashes) <= max_distance, k=1)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(close))]
 
 
 def embedding_links(vectors: np.ndarray, eps: float) -> list[tuple[int, int]]:

@@ -6,10 +6,10 @@ import time
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import (form_files, form_flags, read_form, read_json_model, require_json_or_form,
+from app.api.deps import (check_count, form_files, form_flags, read_form, read_json_model, require_json_or_form,
                           settings_of, source_of)
 from app.api.v1.openapi_extra import body_json_or_form
-from app.core.errors import ApiError, PayloadTooLarge
+from app.core.errors import ApiError
 from app.schemas.analysis import (AnalyzeRequest, AnalyzeResponse, BatchRequest, BatchResponse, BatchSummary,
                                   QualityGateResponse)
 from app.schemas.common import ErrorEnvelope, ImageInput, RunFlags
@@ -55,9 +55,7 @@ async def analyze_batch(request: Request) -> BatchResponse:
     t0 = time.perf_counter()
     if mt == "application/json":
         body = await read_json_model(request, BatchRequest)
-        if len(body.images) > settings.max_batch_size:
-            raise PayloadTooLarge(f"{len(body.images)} images sent; the limit is {settings.max_batch_size} (MAX_BATCH_SIZE).",
-                                  detail={"max_batch_size": settings.max_batch_size, "received": len(body.images)})
+        check_count(len(body.images), settings.max_batch_size, "max_batch_size")
         sources, flags = [source_of(i) for i in body.images], RunFlags(**body.model_dump(exclude={"images"}))
     else:
         form = await read_form(request, max_files=settings.max_batch_size + 1)

@@ -7,10 +7,10 @@ import time
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from app.api.deps import (form_files, form_flags, read_form, read_json_model, require_json_or_form, settings_of,
+from app.api.deps import (check_count, form_files, form_flags, read_form, read_json_model, require_json_or_form, settings_of,
                           source_of, validation_failed)
 from app.api.v1.openapi_extra import body_json_or_form
-from app.core.errors import PayloadTooLarge, ValidationFailed
+from app.core.errors import ValidationFailed
 from app.schemas import cluster as C
 from app.schemas.common import ErrorEnvelope
 from app.services import cluster as cluster_svc
@@ -28,7 +28,8 @@ def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
                                detail={"max_cluster_items": max_items, "received": len(req.embeddings)})
     try:
         vectors, ids = cluster_svc.validate_cluster_input(req.embeddings, req.image_ids, req.metric)
-        res = cluster_svc.dbscan(vectors, eps=req.eps, min_samples=req.min_samples, metric=req.metric)
+        res = cluster_svc.dbscan(vectors, eps=req.eps, min_samples=req.min_samples, metric=req.metric,
+                                 assume_valid=True)
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from exc
     labels = res.labels.tolist()
@@ -67,7 +68,7 @@ class PhotoSetForm(C.PhotoSetRequest):
 @router.post("/cluster/images", response_model=C.PhotoSetResponse, responses=ERRORS,
              summary="Group near-duplicate shots of a photo set and pick the best of each group",
              openapi_extra=body_json_or_form(C.PhotoSetRequest, multiple_files=True, flags=False, extra_form={
-                 "eps": {"type": "number", "default": 0.08}, "hash_max_distance": {"type": "integer", "default": 10},
+                 "eps": {"type": "number", "default": 0.08}, "hash_max_distance": {"type": "integer", "default": 12},
                  "use_embeddings": {"type": "boolean", "default": True},
                  "rank_by_quality_models": {"type": "boolean", "default": True}}))
 async def cluster_images(request: Request) -> C.PhotoSetResponse:
@@ -76,13 +77,11 @@ async def cluster_images(request: Request) -> C.PhotoSetResponse:
     mt = require_json_or_form(request)
     if mt == "application/json":
         req = await read_json_model(request, C.PhotoSetRequest)
-        if len(req.images) > limit:
-            raise PayloadTooLarge(f"{len(req.images)} images sent; the limit is {limit} (MAX_CLUSTER_IMAGES).",
-                                  detail={"max_cluster_images": limit, "received": len(req.images)})
+        check_count(len(req.images), limit, "max_cluster_images")
         sources = [source_of(i) for i in req.images]
     else:
         form = await read_form(request, max_files=limit + 1)
-        sources = form_files(form, limit)
+        sources = form_files(form, limit, "max_cluster_images")
         params = form_flags(form, PhotoSetForm)
         req = C.PhotoSetRequest.model_construct(**params.model_dump(exclude={"images"}), images=[])
     ids = [s.image_id if s.image_id is not None else str(i) for i, s in enumerate(sources)]
