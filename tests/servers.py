@@ -129,13 +129,19 @@ class ImageServer:
 
 
 class LiveServer:
-    """The real Loupe app served by uvicorn on 127.0.0.1 in a background thread."""
+    """The real Loupe app served by uvicorn on 127.0.0.1 in a background thread.
+
+    The socket is bound here and handed to uvicorn, so the port is ours before the server starts
+    (no race with another test picking the same free port)."""
 
     def __init__(self, app) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = app
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.time() + 30
         while not self.server.started:
@@ -146,6 +152,8 @@ class LiveServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    url = base_url
 
     def close(self) -> None:
         self.server.should_exit = True

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.servers import LiveServer
 from app.schemas.review import LlmReview
 from app.services.review import (
     PLACEHOLDER_KEY,
@@ -139,27 +139,11 @@ class ImageServer:
         self.server.server_close()
 
 
-class LoupeServer:
+class LoupeServer(LiveServer):
     """The real app under uvicorn in a thread, on a free 127.0.0.1 port."""
 
     def __init__(self, settings: Settings):
-        self.app = create_app(settings)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(create_app(settings))
 
 
 def make_settings(**kw) -> Settings:
