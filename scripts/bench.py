@@ -208,8 +208,8 @@ def main() -> int:
         from scripts.bench_cluster import _table
         from scripts.bench_cluster import run as bench_cluster
 
-        print(f"\n## cluster: DBSCAN, cosine, eps 0.35, min_samples 2, 512-d clustered CLIP-like vectors "
-              f"(each size in a fresh process; baseline: scikit-learn DBSCAN(metric='cosine', algorithm='brute'))")
+        print("\n## cluster: DBSCAN, cosine, eps 0.35, min_samples 2, 512-d clustered CLIP-like vectors "
+              "(each size in a fresh process; baseline: scikit-learn DBSCAN(metric='cosine', algorithm='brute'))")
         results["cluster"] = bench_cluster(sizes=tuple(args.sizes))
         print(_table(results["cluster"]))
     print(f"\npeak RSS of this process: {peak_rss_mib():.0f} MiB")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import resource
 import shutil
 import tempfile

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import httpx
-import pytest
 
 from tests.helpers import encode, exposure, gaussian_blur, photo
 

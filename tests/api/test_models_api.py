@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from tests.factories.faces import write_random_deepface_emotion_weights
-from tests.factories.models import write_clip_tokenizer, write_nima_checkpoint, write_tiny_clip
+from tests.factories.models import write_nima_checkpoint, write_tiny_clip
 from tests.helpers import SHARED_WEIGHTS, encode, gaussian_blur, photo
 
 ALL = {"run_blur": True, "run_exposure": True, "run_quality": True, "run_aesthetic": True,

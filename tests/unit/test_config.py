@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from app.core.config import Settings
 from tests.helpers import PROJECT_ROOT
