@@ -89,3 +89,13 @@ def require_weights(subdir: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real weights not available: {path} is missing (they live in ../shared/weights)")
     return path
+
+
+def load_adapter(cls, **settings):
+    """An adapter built from Settings(**settings) (no .env read) and loaded from the path it resolves,
+    exactly as the registry loads it."""
+    from app.core.config import Settings
+
+    adapter = cls(Settings(_env_file=None, **settings))
+    adapter.load(adapter.resolve_path(), "cpu")
+    return adapter

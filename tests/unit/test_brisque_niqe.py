@@ -49,7 +49,8 @@ from app.models.brisque import (
     solve_alpha,
 )
 from app.models.niqe import NiqeAdapter, imresize_half, niqe_features
-from tests.helpers import (
+from tests.helpers import (  # noqa: I001
+    load_adapter,
     PHOTO_NAMES,
     add_noise,
     encode,
@@ -148,8 +149,7 @@ def test_svr_predict_equals_hand_computed_rbf_sum(tiny_brisque):
 
 def test_adapter_scores_a_photo_with_the_loaded_model(tiny_brisque):
     folder, m = tiny_brisque
-    adapter = BrisqueAdapter(Settings(brisque_path=str(folder)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(BrisqueAdapter, brisque_path=str(folder))
     images = [decoded(photo("chelsea")), decoded(gaussian_blur(photo("coffee"), 2.0))]
     prepared = [adapter.prepare(im) for im in images]
     assert all(p.dtype == np.uint8 and p.ndim == 2 for p in prepared)
@@ -207,8 +207,7 @@ def test_niqe_loader_reads_both_key_conventions(tmp_path, keys):
     rng = np.random.default_rng(1)
     mu, cov = rng.normal(size=(1, 36)), _random_spd(rng)
     scipy.io.savemat(tmp_path / "niqe_image_params.mat", {keys[0]: mu, keys[1]: cov})
-    adapter = NiqeAdapter(Settings(niqe_path=str(tmp_path)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(NiqeAdapter, niqe_path=str(tmp_path))
     np.testing.assert_array_equal(adapter.mu, mu.ravel())
     np.testing.assert_array_equal(adapter.cov, cov)
     # the score is the Mahalanobis-type distance of the image's block statistics
@@ -227,8 +226,7 @@ def test_niqe_loader_rejects_wrong_shapes(tmp_path):
 
 def test_niqe_is_none_when_fewer_than_two_blocks(tmp_path):
     scipy.io.savemat(tmp_path / "p.mat", {"pop_mu": np.zeros((1, 36)), "pop_cov": np.eye(36)})
-    adapter = NiqeAdapter(Settings(niqe_path=str(tmp_path / "p.mat")))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(NiqeAdapter, niqe_path=str(tmp_path / "p.mat"))
     g = grey(photo("coffee"))  # 400 x 600
     small, one_block, flat = g[:95, :300], g[:150, :150], np.full((300, 300), 77, np.uint8)
     assert niqe_features(small).shape == (0, 36)
@@ -373,16 +371,14 @@ def test_download_writes_the_published_files(tmp_path):
 @pytest.fixture(scope="module")
 def brisque_adapter() -> BrisqueAdapter:
     folder = require_weights("brisque_libsvm_live")
-    adapter = BrisqueAdapter(Settings(brisque_path=str(folder)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(BrisqueAdapter, brisque_path=str(folder))
     return adapter
 
 
 @pytest.fixture(scope="module")
 def niqe_adapter() -> NiqeAdapter:
     folder = require_weights("niqe_live")
-    adapter = NiqeAdapter(Settings(niqe_path=str(folder)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(NiqeAdapter, niqe_path=str(folder))
     return adapter
 
 
@@ -520,8 +516,7 @@ def test_opencv_model_folder_matches_cv2_quality(name, tmp_path):
     folder = require_weights("brisque_opencv_live")
     if not hasattr(cv2, "quality"):
         pytest.skip("cv2.quality (opencv-contrib) is not installed")
-    adapter = BrisqueAdapter(Settings(brisque_path=str(folder)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(BrisqueAdapter, brisque_path=str(folder))
     assert adapter.variant == "opencv"
     ref = cv2.quality.QualityBRISQUE_create(str(folder / "brisque_model_live.yml"), str(folder / "brisque_range_live.yml"))
     for sigma in (10, 25):

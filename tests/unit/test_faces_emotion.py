@@ -20,7 +20,7 @@ from app.models.faces import (
     YunetAdapter,
 )
 from tests.factories.faces import write_random_deepface_emotion_weights
-from tests.helpers import encode, photo, require_weights, upscale
+from tests.helpers import load_adapter, encode, photo, require_weights, upscale
 
 ASTRONAUT_SIZE = 512
 
@@ -105,17 +105,14 @@ def deepface_home(tmp_path, monkeypatch):
 
 
 def deepface_adapter(home, tmp_path, **kw) -> EmotionAdapter:
-    settings = Settings(model_dir=tmp_path / "models", deepface_home=str(home), **kw)
-    adapter = EmotionAdapter(settings)
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(EmotionAdapter, model_dir=tmp_path / "models", deepface_home=str(home), **kw)
     return adapter
 
 
 @pytest.fixture(scope="module")
 def yunet() -> YunetAdapter:
     path = require_weights("face_yunet")
-    adapter = YunetAdapter(Settings(yunet_path=str(path)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(YunetAdapter, yunet_path=str(path))
     return adapter
 
 
@@ -269,8 +266,7 @@ def test_yunet_missing_weights_is_model_not_found(tmp_path, no_network):
 
 def test_yunet_path_may_name_the_file(tmp_path):
     folder = require_weights("face_yunet")
-    adapter = YunetAdapter(Settings(yunet_path=str(folder / faces.YUNET_FILE)))
-    adapter.load(adapter.resolve_path(), "cpu")
+    adapter = load_adapter(YunetAdapter, yunet_path=str(folder / faces.YUNET_FILE))
     assert len(detect(adapter, decoded(photo("astronaut")))) == 1
 
 
@@ -324,8 +320,7 @@ def test_download_tries_sources_in_order_and_checks_sha256(tmp_path, monkeypatch
     [path] = YunetAdapter.download(tmp_path / "yunet")
     assert path == tmp_path / "yunet" / faces.YUNET_FILE
     assert path.read_bytes() == source.read_bytes()
-    adapter = YunetAdapter(Settings(model_dir=tmp_path))
-    adapter.load(adapter.resolve_path(), "cpu")  # the downloaded file is where load looks
+    load_adapter(YunetAdapter, model_dir=tmp_path)  # the downloaded file is where load looks
 
 
 def test_download_rejects_a_wrong_sha256(tmp_path):
