@@ -185,6 +185,36 @@ def bench_gate(args) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- cluster over HTTP
+def bench_cluster_http(n: int) -> dict:
+    """POST /v1/cluster end to end (JSON body parsed by pydantic-core, DBSCAN, response) on a live server."""
+    import httpx
+
+    from app.core.config import Settings
+    from app.main import create_app
+    from scripts.bench_cluster import make_embeddings
+    from tests.servers import LiveServer
+
+    X = make_embeddings(n, 512)
+    X = X[0] if isinstance(X, tuple) else X
+    body = json.dumps({"embeddings": np.round(X, 6).tolist(), "image_ids": [str(i) for i in range(len(X))]}).encode()
+    server = LiveServer(create_app(Settings(_env_file=None, log_level="WARNING")))
+    times = []
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=300) as client:
+            for _ in range(4):
+                t0 = time.perf_counter()
+                r = client.post("/v1/cluster", content=body, headers={"content-type": "application/json"})
+                r.raise_for_status()
+                times.append(time.perf_counter() - t0)
+    finally:
+        server.close()
+    warm = sorted(times[1:])[1]
+    print(f"POST /v1/cluster, {n} x 512 ({len(body) / 1e6:.0f} MB of JSON), end to end over HTTP: "
+          f"first call {times[0]:.2f} s (one-time initialisation), then median {warm:.2f} s")
+    return {"n": n, "body_mb": len(body) / 1e6, "first_s": times[0], "warm_median_s": warm}
+
+
 # --------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,6 +242,8 @@ def main() -> int:
               "(each size in a fresh process; baseline: scikit-learn DBSCAN(metric='cosine', algorithm='brute'))")
         results["cluster"] = bench_cluster(sizes=tuple(args.sizes))
         print(_table(results["cluster"]))
+        if not args.no_http:
+            results["cluster_http"] = bench_cluster_http(10_000)
     print(f"\npeak RSS of this process: {peak_rss_mib():.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
