@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            struct_error_type(), Image.DecompressionBombWarning) as exc:
+            struct.error, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(
             f"The {fmt} data could not be decoded: it is truncated or corrupt.",
             detail={"format": fmt, "reason": str(exc)[:200]},
@@ -219,8 +220,3 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
         pixels=pixels, width=width, height=height, sha256=sha, format=fmt, n_bytes=len(data), frames=frames
     )
 
-
-def struct_error_type():
-    import struct
-
-    return struct.error

@@ -70,8 +70,3 @@ class ModelAdapter(ABC):
     def predict(self, batch: Sequence[Any]) -> list[Any]:
         """One batched forward pass over prepared inputs; one result per input, in order."""
 
-
-def require_file(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise ModelNotFound(f"{what} not found at {path}")
-    return path

@@ -120,9 +120,6 @@ class ModelRegistry:
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: self.describe(name) for name in self.entries}
 
-    def is_ready(self, name: str) -> bool:
-        return name in self.entries and self.entries[name].state == "ready"
-
     def preload_names(self) -> list[str]:
         wanted = self.settings.preload_list
         if any(w.lower() == "all" for w in wanted):

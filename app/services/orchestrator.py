@@ -96,9 +96,23 @@ class Ingested:
     models: dict[str, Any] = field(default_factory=dict)  # name → result or Exception
     started: float = field(default_factory=time.perf_counter)
 
+    def exception(self) -> ApiError | None:
+        """Why the image could not be read, as a raisable error (None when it was read)."""
+        if self.error_exc is not None:
+            return self.error_exc
+        return api_error(self.error) if self.error is not None else None
+
 
 def error_info(exc: ApiError) -> ErrorInfo:
     return ErrorInfo(type=exc.error_type, message=exc.message, detail=exc.detail, status_code=exc.status_code)
+
+
+def api_error(info: ErrorInfo) -> ApiError:
+    """The inverse of error_info: an image's recorded error, raisable with its own status."""
+    exc = ApiError(info.message, detail=info.detail)
+    exc.status_code = info.status_code or 500
+    exc.error_type = info.type
+    return exc
 
 
 class Orchestrator:
@@ -108,7 +122,7 @@ class Orchestrator:
         self.pool = pool
         self.client = client
 
-    async def _in_pool(self, fn: Callable, *args) -> Any:
+    async def in_pool(self, fn: Callable, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # -- 1. ingest ------------------------------------------------------------------
@@ -119,7 +133,7 @@ class Orchestrator:
             data, item.source_url = await read_source(src, self.client, self.settings)
             t1 = time.perf_counter()
             item.timings["read_ms" if src.kind != "url" else "fetch_ms"] = (t1 - t0) * 1000
-            item.image = await self._in_pool(
+            item.image = await self.in_pool(
                 lambda: decode_image(data, max_pixels=self.settings.max_image_pixels, min_dim=min_dim, gray=gray))
             item.timings["decode_ms"] = (time.perf_counter() - t1) * 1000
         except ApiError as exc:
@@ -132,18 +146,15 @@ class Orchestrator:
             ERRORS.labels("internal_error").inc()
         return item
 
-    async def load_all(self, sources: list[ImageSource], plan: Plan) -> list[Ingested]:
+    async def load_all(self, sources: list[ImageSource], *, gray: bool, min_dim: int | None) -> list[Ingested]:
+        """Read and decode every source, at most BATCH_CONCURRENCY at a time, in request order."""
         sem = asyncio.Semaphore(self.settings.batch_concurrency)
-        min_dim = self.decode_dim(plan)
 
         async def one(i: int, src: ImageSource) -> Ingested:
             async with sem:
-                return await self.load(src, i, gray=not plan.needs_rgb, min_dim=min_dim)
+                return await self.load(src, i, gray=gray, min_dim=min_dim)
 
         return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sources))))
-
-    def decode_dim(self, plan: Plan) -> int:
-        return self.settings.analysis_max_dim
 
     # -- 2. gate -----------------------------------------------------------------------
     def gate_sync(self, image: DecodedImage) -> dict[str, Any]:
@@ -223,11 +234,11 @@ class Orchestrator:
     async def process(self, sources: list[ImageSource], plan: Plan) -> list[Ingested]:
         """Read, decode and run every analysis of `plan`; the raw per-image state, for callers that
         need more than the results (the photo-set clustering reads the decoded images too)."""
-        items = await self.load_all(sources, plan)
+        items = await self.load_all(sources, gray=not plan.needs_rgb, min_dim=self.settings.analysis_max_dim)
         ok = [it for it in items if it.image is not None]
         if plan.gate and ok:
             t0 = time.perf_counter()
-            gates = await self._in_pool(lambda: [self.gate_sync(it.image) for it in ok])
+            gates = await self.in_pool(lambda: [self.gate_sync(it.image) for it in ok])
             ANALYSIS_LATENCY.labels("gate").observe(time.perf_counter() - t0)
             for it, g in zip(ok, gates):
                 it.gate = g
@@ -425,6 +436,3 @@ class Orchestrator:
         thr = {"score_threshold": float(getattr(adapter, "score_threshold", 0.0))} if adapter else {}
         return S.FacesResult(status="ok", faces=faces, count=len(faces), detector="yunet", thresholds=thr)
 
-
-async def run_in_pool(pool: Executor, fn: Callable, *args) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

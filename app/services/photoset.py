@@ -134,7 +134,7 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
     ok = [it for it in items if it.image is not None]
     failed = [C.FailedImage(image_id=it.image_id, error=it.error) for it in items if it.error is not None]
 
-    hashes = await orch._in_pool(lambda: [phash_svc.phash_image(it.image, orch.settings.analysis_max_dim) for it in ok])
+    hashes = await orch.in_pool(lambda: [phash_svc.phash_image(it.image, orch.settings.analysis_max_dim) for it in ok])
     links: dict[tuple[int, int], set[str]] = {}
     for a, b in hash_links(hashes, req.hash_max_distance):
         links.setdefault((a, b), set()).add("phash")
@@ -143,7 +143,7 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
                 if it.models.get("clip") is not None and not isinstance(it.models["clip"], BaseException)]
     if use_clip and len(with_emb) >= 2:
         vectors = np.stack([np.asarray(ok[k].models["clip"], dtype=np.float32) for k in with_emb])
-        for a, b in await orch._in_pool(embedding_links, vectors, req.eps):
+        for a, b in await orch.in_pool(embedding_links, vectors, req.eps):
             i, j = sorted((with_emb[a], with_emb[b]))
             links.setdefault((i, j), set()).add("embedding")
         features.append("clip_embedding")

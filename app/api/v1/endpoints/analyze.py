@@ -9,12 +9,11 @@ from fastapi import APIRouter, Request
 from app.api.deps import (check_count, form_files, form_flags, read_form, read_json_model, require_json_or_form,
                           settings_of, source_of)
 from app.api.v1.openapi_extra import body_json_or_form
-from app.core.errors import ApiError
 from app.schemas.analysis import (AnalyzeRequest, AnalyzeResponse, BatchRequest, BatchResponse, BatchSummary,
                                   QualityGateResponse)
 from app.schemas.common import ErrorEnvelope, ImageInput, RunFlags
 from app.services.gate import quality_gate
-from app.services.orchestrator import Plan
+from app.services.orchestrator import api_error
 
 router = APIRouter(tags=["analysis"])
 
@@ -24,10 +23,7 @@ ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 4
 def _raise_item_error(result) -> None:
     """Single-image endpoints answer with the image's own error status."""
     if result.error is not None:
-        err = ApiError(result.error.message, detail=result.error.detail)
-        err.status_code = result.error.status_code or 400
-        err.error_type = result.error.type
-        raise err
+        raise api_error(result.error)
 
 
 @router.post("/analyze", response_model=AnalyzeResponse, responses=ERRORS,
@@ -85,10 +81,8 @@ async def quality(request: Request) -> QualityGateResponse:
         form = await read_form(request, max_files=1)
         sources = form_files(form, 1)
     orch = request.app.state.orchestrator
-    item = await orch.load(sources[0], 0, gray=True, min_dim=orch.decode_dim(Plan()))
-    if item.error_exc is not None:
-        raise item.error_exc
+    item = await orch.load(sources[0], 0, gray=True, min_dim=settings.analysis_max_dim)
     if item.error is not None:
-        _raise_item_error(item)
-    return await orch._in_pool(lambda: quality_gate(item.image, settings, item.image_id,
+        raise item.exception()
+    return await orch.in_pool(lambda: quality_gate(item.image, settings, item.image_id,
                                                     (time.perf_counter() - t0) * 1000))

@@ -53,10 +53,10 @@ async def cluster_vectors(request: Request) -> C.ClusterResponse:
         raise ValidationFailed("The request body is empty.")
     try:
         # parsed by pydantic-core straight from JSON bytes (much faster than json.loads for big float arrays)
-        req = await request.app.state.orchestrator._in_pool(C.ClusterRequest.model_validate_json, body)
+        req = await request.app.state.orchestrator.in_pool(C.ClusterRequest.model_validate_json, body)
     except ValidationError as exc:
         raise validation_failed(exc) from exc
-    return await request.app.state.orchestrator._in_pool(run_dbscan, req, settings.max_cluster_items)
+    return await request.app.state.orchestrator.in_pool(run_dbscan, req, settings.max_cluster_items)
 
 
 class PhotoSetForm(C.PhotoSetRequest):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
@@ -50,11 +49,7 @@ _FORM_FIELDS = {
 
 def _item_error(item, *, group: bool) -> ApiError:
     """The image's own error; in a group review, renamed so that it says which shot it is."""
-    exc = item.error_exc
-    if exc is None:  # unexpected failure (already logged by the orchestrator)
-        exc = ApiError(item.error.message if item.error else "The image could not be read.")
-        exc.status_code = (item.error.status_code if item.error else None) or 500
-        exc.error_type = item.error.type if item.error else "internal_error"
+    exc = item.exception()
     if not group:
         return exc
     named = ApiError(
@@ -69,26 +64,15 @@ async def _encode(request: Request, sources: list[ImageSource], *, group: bool) 
     """Read (SSRF-safe fetch / base64 / upload), decode and re-encode every image as the JPEG the model gets."""
     settings = settings_of(request)
     orch = request.app.state.orchestrator
-    sem = asyncio.Semaphore(settings.batch_concurrency)
-    loop = asyncio.get_running_loop()
-
-    async def one(i: int, src: ImageSource):
-        async with sem:
-            item = await orch.load(src, i, gray=False, min_dim=settings.llm_image_max_dim)
-            if item.image is None:
-                return item, None
-            enc = await loop.run_in_executor(request.app.state.pool, encode_for_llm, item.image,
-                                             settings.llm_image_max_dim, item.image_id)
-            return item, enc
-
-    done = await asyncio.gather(*(one(i, s) for i, s in enumerate(sources)))
-    failed = [item for item, enc in done if enc is None]
+    items = await orch.load_all(sources, gray=False, min_dim=settings.llm_image_max_dim)
+    failed = [item for item in items if item.image is None]
     if failed:
         err = _item_error(failed[0], group=group)
         if group and len(failed) > 1 and isinstance(err.detail, dict):
             err.detail["unreadable_image_ids"] = [it.image_id for it in failed]
         raise err
-    return [enc for _, enc in done]
+    return await orch.in_pool(
+        lambda: [encode_for_llm(it.image, settings.llm_image_max_dim, it.image_id) for it in items])
 
 
 @router.post("/analyze/llm", response_model=LlmReviewResponse, responses=ERRORS,
