@@ -327,8 +327,8 @@ class Orchestrator:
         comps.append(score_svc.Component("sharpness", var, (0.0, None), True,
                                          blur_svc.sharpness_score(var, self.settings.blur_threshold), w["sharpness"]))
         st = it.gate["exposure"]
-        comps.append(score_svc.Component("exposure", self._exposure_score(st), (0.0, 1.0), True,
-                                         self._exposure_score(st), w["exposure"]))
+        exp_score = self._exposure_score(st)
+        comps.append(score_svc.Component("exposure", exp_score, (0.0, 1.0), True, exp_score, w["exposure"]))
         for name in ("brisque", "niqe", "nima_technical"):
             value = it.models.get(name)
             if name not in it.models:
