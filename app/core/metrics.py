@@ -35,3 +35,7 @@ MODEL_LOADED = Gauge(
 MODEL_LOAD_SECONDS = Gauge(
     "loupe_model_load_seconds", "How long the last load of the model took.", ["model"], registry=REGISTRY,
 )
+DECODE_BUDGET_IN_USE = Gauge(
+    "loupe_decode_budget_bytes_in_use", "Decode working memory reserved now (of DECODE_MEMORY_MB).",
+    registry=REGISTRY,
+)

@@ -25,9 +25,10 @@ from typing import Any, Awaitable, Callable
 import httpx
 
 from app.core.config import Settings
-from app.core.errors import ApiError, ModelUnavailable
+from app.core.errors import ApiError, ModelUnavailable, detached
 from app.core.metrics import ANALYSIS_LATENCY, ERRORS, IMAGES_ANALYZED
-from app.imaging.decode import DecodedImage, decode_image
+from app.imaging.budget import MemoryBudget
+from app.imaging.decode import DecodedImage, decode_image, probe
 from app.imaging.sources import ImageSource, read_source
 from app.models.registry import ModelRegistry
 from app.schemas import analysis as S
@@ -109,7 +110,8 @@ def error_info(exc: ApiError) -> ErrorInfo:
 
 def api_error(info: ErrorInfo) -> ApiError:
     """The inverse of error_info: an image's recorded error, raisable with its own status."""
-    exc = ApiError(info.message, detail=info.detail)
+    retry = info.detail.get("retry_after_s") if isinstance(info.detail, dict) else None
+    exc = ApiError(info.message, detail=info.detail, headers={"Retry-After": str(retry)} if retry else None)
     exc.status_code = info.status_code or 500
     exc.error_type = info.type
     return exc
@@ -121,6 +123,7 @@ class Orchestrator:
         self.registry = registry
         self.pool = pool
         self.client = client
+        self.decode_budget = MemoryBudget(settings.decode_memory_bytes, settings.decode_wait_s)
 
     async def in_pool(self, fn: Callable, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -133,11 +136,16 @@ class Orchestrator:
             data, item.source_url = await read_source(src, self.client, self.settings)
             t1 = time.perf_counter()
             item.timings["read_ms" if src.kind != "url" else "fetch_ms"] = (t1 - t0) * 1000
-            item.image = await self.in_pool(
-                lambda: decode_image(data, max_pixels=self.settings.max_image_pixels, min_dim=min_dim, gray=gray))
-            item.timings["decode_ms"] = (time.perf_counter() - t1) * 1000
+            limits = dict(max_pixels=self.settings.max_image_pixels, min_dim=min_dim, gray=gray)
+            plan = await self.in_pool(lambda: probe(data, **limits))  # header only: 413/415 before any pixel
+            async with self.decode_budget.reserve(plan.cost_bytes):
+                t2 = time.perf_counter()
+                item.image = await self.in_pool(lambda: decode_image(data, **limits))
+            item.timings["decode_ms"] = (time.perf_counter() - t2) * 1000
+            if t2 - t1 > 0.001:
+                item.timings["decode_wait_ms"] = (t2 - t1) * 1000
         except ApiError as exc:
-            item.error, item.error_exc = error_info(exc), exc
+            item.error, item.error_exc = error_info(exc), detached(exc)
             ERRORS.labels(exc.error_type).inc()
         except Exception as exc:  # noqa: BLE001 - one bad image never fails the batch
             log.exception("unexpected error reading image %s", item.image_id)
@@ -187,6 +195,7 @@ class Orchestrator:
             else:
                 results = await self.registry.predict(name, inputs)
         except ModelUnavailable as exc:
+            detached(exc)
             for it in items:
                 it.models[name] = exc
             return
@@ -194,7 +203,7 @@ class Orchestrator:
             log.exception("model %s failed on a batch of %d", name, len(items))
             ERRORS.labels("analysis_failed").inc()
             if len(items) == 1:
-                items[0].models[name] = exc
+                items[0].models[name] = detached(exc)
                 return
             for k, it in enumerate(items):  # isolate the image that breaks it
                 await self.run_model(name, [it], None if inputs is None else [inputs[k]])
