@@ -24,7 +24,7 @@ from app.core.config import VERSION, Settings, get_settings
 from app.core.errors import ApiError, error_body
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
-from app.core.ratelimit import make_limiter
+from app.core.ratelimit import AccessControl
 from app.imaging.fetch import make_client
 from app.models.registry import ModelRegistry
 from app.services.orchestrator import Orchestrator
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={},
     )
     app.state.settings = settings
-    app.state.limiter = make_limiter(settings.rate_limit)
+    app.state.access = AccessControl.from_settings(settings)
 
     from app.api.v1.router import public_router, v1_router
     from app.api.web import web_router

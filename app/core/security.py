@@ -1,13 +1,12 @@
-"""Optional API keys: `X-Api-Key: <key>` or `Authorization: Bearer <key>`, compared in constant time."""
+"""Optional API keys: `X-Api-Key: <key>` or `Authorization: Bearer <key>`, compared in constant time.
+
+The check itself runs in `app.core.ratelimit.guard`, together with the limits that depend on it."""
 
 from __future__ import annotations
 
 import hmac
 
 from fastapi import Request
-
-from app.core.config import get_settings
-from app.core.errors import Unauthorized
 
 
 def presented_key(request: Request) -> str | None:
@@ -28,15 +27,3 @@ def key_is_valid(candidate: str, keys: list[str]) -> bool:
     for key in keys:
         ok |= hmac.compare_digest(cand, key.encode())
     return ok
-
-
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency for every protected route. No keys configured = open."""
-    keys = request.app.state.settings.api_key_list if hasattr(request.app.state, "settings") else get_settings().api_key_list
-    if not keys:
-        return
-    candidate = presented_key(request)
-    if candidate is None:
-        raise Unauthorized("An API key is required: send it as X-Api-Key or Authorization: Bearer.")
-    if not key_is_valid(candidate, keys):
-        raise Unauthorized("The API key is not valid.")

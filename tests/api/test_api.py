@@ -207,8 +207,11 @@ def test_rate_limit_over_real_http(live_factory):
         assert 0 < int(r.headers["retry-after"]) <= 60 and "3 per 1 minute" in err["message"]
         assert r.headers["x-ratelimit-remaining"] == "0"
         assert h.get("/health").status_code == 200  # probes are never limited
-        # the bucket is per client: an API key gets its own
-        assert h.post("/v1/analyze", json=img, headers={"X-Api-Key": "someone"}).status_code == 200
+        # without API_KEYS a made-up key is no identity: it counts against the same IP
+        for made_up in ("someone", "someone-else", "Bearer x"):
+            assert_envelope(h.post("/v1/analyze", json=img, headers={"X-Api-Key": made_up}), 429, "rate_limited")
+        # and a forged X-Forwarded-For is not trusted (FORWARDED_ALLOW_IPS is empty)
+        assert_envelope(h.post("/v1/analyze", json=img, headers={"X-Forwarded-For": "203.0.113.9"}), 429)
 
 
 def test_rate_limit_keys_by_api_key(live_factory):
@@ -218,6 +221,36 @@ def test_rate_limit_keys_by_api_key(live_factory):
             assert h.get("/v1/operations", headers={"X-Api-Key": "alice"}).status_code == 200
         assert h.get("/v1/operations", headers={"X-Api-Key": "alice"}).status_code == 429
         assert h.get("/v1/operations", headers={"X-Api-Key": "bob"}).status_code == 200
+        # wrong keys get no bucket of their own: they are failed authentications (401), not requests
+        assert [h.get("/v1/operations", headers={"X-Api-Key": f"guess-{i}"}).status_code for i in range(3)] == [401] * 3
+
+
+def test_key_guessing_is_limited_per_ip(live_factory):
+    server = live_factory(api_keys="alice", auth_fail_limit="5/minute", rate_limit="100/minute")
+    with httpx.Client(base_url=server.base_url, timeout=30) as h:
+        codes = [h.get("/v1/operations", headers={"X-Api-Key": f"guess-{i}"}).status_code for i in range(8)]
+        assert codes == [401] * 5 + [429] * 3
+        r = h.get("/v1/operations", headers={"X-Api-Key": "guess-8"})
+        err = assert_envelope(r, 429, "rate_limited")
+        assert "failed authentications" in err["message"] and 0 < int(r.headers["retry-after"]) <= 60
+        # once the IP is over the limit even a right key is refused, so a guess can no longer be told
+        # from a hit; no key at all counts as a failed authentication too
+        assert h.get("/v1/operations", headers={"X-Api-Key": "alice"}).status_code == 429
+        assert h.get("/v1/operations").status_code == 429
+        assert h.get("/health").status_code == 200
+
+
+def test_forwarded_for_is_trusted_only_from_configured_proxies(live_factory):
+    # the test client connects from 127.0.0.1: as a trusted proxy, its X-Forwarded-For names the client
+    server = live_factory(rate_limit="2/minute", forwarded_allow_ips="127.0.0.1")
+    with httpx.Client(base_url=server.base_url, timeout=30) as h:
+        a = {"X-Forwarded-For": "198.51.100.7"}
+        b = {"X-Forwarded-For": "198.51.100.8"}
+        assert [h.get("/v1/operations", headers=a).status_code for _ in range(3)] == [200, 200, 429]
+        assert h.get("/v1/operations", headers=b).status_code == 200
+        # a client-written hop left of the real one is ignored: the right-most untrusted hop counts
+        spoof = {"X-Forwarded-For": "10.9.9.9, 198.51.100.7"}
+        assert h.get("/v1/operations", headers=spoof).status_code == 429
 
 
 def test_health_reports_models_and_503_when_preload_fails(client_factory):

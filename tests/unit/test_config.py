@@ -44,3 +44,16 @@ def test_defaults_in_env_example_match_the_code():
         parsed = Settings(_env_file=None, **{name: value}) if value else None
         got = getattr(parsed, name) if parsed is not None else ""
         assert str(got) == str(expected), (name, value, expected)
+
+
+def test_client_ip_walks_forwarded_for_from_the_right():
+    from app.core.ratelimit import client_ip, parse_networks
+
+    proxies = parse_networks("10.0.0.0/8, 127.0.0.1")
+    assert client_ip("127.0.0.1", ["1.2.3.4"], []) == "127.0.0.1"  # nobody trusted
+    assert client_ip("203.0.113.5", ["1.2.3.4"], proxies) == "203.0.113.5"  # peer is no proxy
+    assert client_ip("127.0.0.1", ["6.6.6.6, 1.2.3.4, 10.1.1.1"], proxies) == "1.2.3.4"
+    assert client_ip("127.0.0.1", ["6.6.6.6", "1.2.3.4"], proxies) == "1.2.3.4"  # several headers
+    assert client_ip("127.0.0.1", [], proxies) == "127.0.0.1"
+    assert client_ip("127.0.0.1", ["10.2.2.2"], proxies) == "10.2.2.2"  # only proxies: the left-most
+    assert client_ip("198.51.100.1", ["1.2.3.4"], parse_networks("*")) == "1.2.3.4"

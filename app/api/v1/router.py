@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.v1.endpoints import analyze, cluster, embed, llm, system
-from app.core.ratelimit import enforce_rate_limit
-from app.core.security import require_api_key
+from app.core.ratelimit import guard
 
-# Rate limit first (keyed by the presented key, valid or not, else the IP), so key guessing is limited too.
-v1_router = APIRouter(prefix="/v1", dependencies=[Depends(enforce_rate_limit), Depends(require_api_key)])
+# Authentication and rate limits in one dependency (see app.core.ratelimit for the order and the keys).
+v1_router = APIRouter(prefix="/v1", dependencies=[Depends(guard)])
 v1_router.include_router(analyze.router)
 v1_router.include_router(llm.router)
 v1_router.include_router(cluster.router)
