@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     api_keys: str = ""  # comma-separated; API_KEY (single) is accepted too
     api_key: str = ""
     rate_limit: str = ""  # slowapi syntax, e.g. "60/minute"; empty disables
+    auth_fail_limit: str = "20/minute"  # failed authentications per client IP; empty disables
+    forwarded_allow_ips: str = ""  # proxies whose X-Forwarded-For is trusted: IPs/CIDRs, "*" = any; empty = none
     prometheus_enabled: bool = True
     analysis_threads: int = Field(default=0, ge=0, le=64)  # 0 = number of CPUs
     batch_concurrency: int = Field(default=4, ge=1, le=64)
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(default=3, ge=0, le=20)
     allow_private_urls: bool = False
     max_batch_size: int = Field(default=32, ge=1, le=1000)
+    decode_memory_mb: float = Field(default=1024.0, gt=0)  # process-wide budget of decode working memory
+    decode_wait_s: float = Field(default=10.0, ge=0)  # longest wait for that budget before a 503
 
     # --- blur / exposure gate ---------------------------------------------
     analysis_max_dim: int = Field(default=1024, ge=64, le=8192)
@@ -78,6 +82,7 @@ class Settings(BaseSettings):
 
     # --- LLM review ----------------------------------------------------------
     llm_default_model: str = "openai/gpt-4o-mini"
+    llm_allowed_models: str = ""  # fnmatch patterns a request's `model` may name; empty = LLM_DEFAULT_MODEL only
     llm_api_base: str = ""
     llm_api_key: str = ""
     llm_timeout_s: float = Field(default=60.0, gt=0)
@@ -103,6 +108,10 @@ class Settings(BaseSettings):
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return int(self.decode_memory_mb * 1024 * 1024)
 
     @property
     def threads(self) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import fnmatch
 import importlib
 import io
 import json
@@ -59,12 +60,22 @@ JPEG_QUALITY = 90
 MAX_ATTEMPTS = 2  # the first answer and one retry on invalid output
 REASON_MAX_CHARS = 300
 
-# Providers that LLM_API_BASE applies to: OpenAI-compatible or self-hosted servers. A hosted provider
-# (anthropic/, gemini/, …) always talks to its own endpoint, so a local LLM_API_BASE never receives
-# requests (or keys) meant for it.
+# Where a review connects is fixed by settings, never by a request (a caller could otherwise name
+# `ollama/…`, `lemonade/…` or `llamafile/…` and make Loupe POST to a server on its own host):
+# * a request may only name a model that LLM_ALLOWED_MODELS allows (default: LLM_DEFAULT_MODEL alone);
+# * providers that run on the operator's own servers get LLM_API_BASE, and are refused without it
+#   (LiteLLM's own defaults for them are local addresses: 127.0.0.1:11434, :8080, :1234, …);
+# * hosted providers talk to their public endpoint (or the base the operator set in that provider's
+#   own variable, e.g. AZURE_API_BASE), never to LLM_API_BASE, so it never receives their keys;
+# * any other provider is refused: Loupe does not know where it would connect.
 API_BASE_PROVIDERS = frozenset({
     "openai", "custom_openai", "openai_like", "hosted_vllm", "lm_studio", "llamafile", "ollama", "ollama_chat",
     "litellm_proxy",
+})
+HOSTED_PROVIDERS = frozenset({
+    "openai", "anthropic", "gemini", "vertex_ai", "vertex_ai_beta", "azure", "azure_ai", "bedrock", "mistral",
+    "groq", "cohere", "cohere_chat", "deepseek", "xai", "openrouter", "together_ai", "fireworks_ai", "perplexity",
+    "deepinfra", "cerebras", "sambanova", "nvidia_nim", "dashscope", "moonshot",
 })
 # Providers whose OpenAI-compatible servers take `response_format: json_schema` (vLLM, LM Studio, Ollama ≥ 0.5, …).
 SCHEMA_PROVIDERS_WITH_BASE = frozenset({"openai", "custom_openai", "openai_like", "hosted_vllm", "lm_studio",
@@ -406,6 +417,11 @@ def resolve_target(litellm: Any, settings: Settings, model: str, *, from_request
     api_base = settings.llm_api_base.strip() or None
     if provider not in API_BASE_PROVIDERS:
         api_base = None
+    if api_base is None and provider not in HOSTED_PROVIDERS:
+        needs = "LLM_API_BASE" if provider in API_BASE_PROVIDERS else "a provider Loupe knows the endpoint of"
+        raise LlmNotConfigured(
+            f"The model {model} is served by {provider!r}, which needs {needs}: Loupe connects only where its "
+            "settings say.", detail={"model": model, "provider": provider})
     api_key = None
     if api_base:
         # A custom server gets LLM_API_KEY, never a hosted provider's key from the environment
@@ -433,8 +449,11 @@ def map_exception(exc: BaseException, litellm: Any, target: Target, timeout_s: f
     extra = [target.api_key] if target.api_key and target.api_key != PLACEHOLDER_KEY else []
     reason = scrub(getattr(exc, "message", None) or str(exc) or type(exc).__name__, extra)
     status = getattr(exc, "status_code", None)
+    # What the provider answered stays in the log: echoing upstream bodies would turn Loupe into a way
+    # of reading whatever the endpoint returns. The caller gets the status and a short reason of ours.
+    log.warning("llm provider error from %s (%s, HTTP %s): %s", target.model, type(exc).__name__, status, reason)
     detail = {"model": target.model, "provider": target.provider, "provider_status": status,
-              "exception": type(exc).__name__, "reason": reason}
+              "exception": type(exc).__name__}
     if isinstance(exc, (TimeoutError, litellm.Timeout)):
         return LlmTimeout(f"The model {target.model} did not answer within LLM_TIMEOUT_S={timeout_s:g} s.",
                           detail={"model": target.model, "provider": target.provider, "timeout_s": timeout_s})
@@ -456,7 +475,7 @@ def map_exception(exc: BaseException, litellm: Any, target: Target, timeout_s: f
     elif isinstance(exc, getattr(litellm, "ContextWindowExceededError", ())):
         message = f"The request is larger than the context window of {target.model}; lower LLM_IMAGE_MAX_DIM."
     elif isinstance(exc, getattr(litellm, "APIConnectionError", ())) and status in (None, 500):
-        message = f"The LLM provider for {target.model} could not be reached or failed: {reason}"
+        message = f"The LLM provider for {target.model} could not be reached or failed (see the server log)."
     else:
         message = f"The LLM provider returned an error for {target.model}" + (f" (HTTP {status})." if status else ".")
     return LlmProviderError(message, detail=detail)
@@ -503,7 +522,6 @@ async def complete_structured(settings: Settings, target: Target, messages: list
     tokens: int | None = None
     provider_model: str | None = None
     last_reason = ""
-    last_excerpt = ""
     attempt = 0
     while attempt < MAX_ATTEMPTS:
         attempt += 1
@@ -524,9 +542,7 @@ async def complete_structured(settings: Settings, target: Target, messages: list
                 structured = False  # the server does not take structured outputs: the prompt carries the schema
                 attempt -= 1
                 continue
-            err = map_exception(exc, litellm, target, settings.llm_timeout_s)
-            log.warning("llm call failed: %s (%s)", err.error_type, (err.detail or {}).get("reason", ""))
-            raise err from None
+            raise map_exception(exc, litellm, target, settings.llm_timeout_s) from None
         used = _usage_tokens(resp)
         if used is not None:
             tokens = (tokens or 0) + used
@@ -539,22 +555,35 @@ async def complete_structured(settings: Settings, target: Target, messages: list
             last_reason = str(exc)
             if finish == "length":
                 last_reason += f" — the reply was cut off at max_tokens={max_tokens}; keep every text field shorter"
-            last_excerpt = scrub(text or "", limit=500)
-            log.info("invalid output from %s (attempt %d): %s", target.model, attempt, last_reason)
+            log.info("invalid output from %s (attempt %d): %s; reply: %s", target.model, attempt, last_reason,
+                     scrub(text or "", limit=500))
             messages = messages + [{"role": "assistant", "content": (text or "")[:4000] or "(empty)"},
                                    {"role": "user", "content": complaint(last_reason)}]
     ERRORS.labels("llm_invalid_output").inc()
     raise LlmInvalidOutput(
         f"The model {target.model} did not return a valid answer in {MAX_ATTEMPTS} attempts: {last_reason}.",
-        detail={"model": target.model, "attempts": MAX_ATTEMPTS, "reason": last_reason,
-                "output_excerpt": last_excerpt, "tokens_used": tokens})
+        detail={"model": target.model, "attempts": MAX_ATTEMPTS, "reason": last_reason, "tokens_used": tokens})
 
 
 # --- the two reviews ------------------------------------------------------------------------------------
+def allowed_models(settings: Settings) -> list[str]:
+    """LLM_ALLOWED_MODELS as a list of fnmatch patterns; empty = only LLM_DEFAULT_MODEL."""
+    patterns = [p.strip() for p in settings.llm_allowed_models.split(",") if p.strip()]
+    return patterns or [settings.llm_default_model.strip()]
+
+
 def pick_model(settings: Settings, requested: str | None) -> tuple[str, bool]:
-    if requested and requested.strip():
-        return requested.strip(), True
-    return settings.llm_default_model.strip(), False
+    """The model a review uses: the request's, when LLM_ALLOWED_MODELS allows it (else 422), or the default."""
+    default = settings.llm_default_model.strip()
+    if not requested or not requested.strip() or requested.strip() == default:
+        return default, False
+    name = requested.strip()
+    patterns = allowed_models(settings)
+    if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        raise ValidationFailed(
+            f"The model {name!r} is not allowed on this server (LLM_ALLOWED_MODELS); leave `model` out to use "
+            f"{default!r}.", detail={"model": name, "allowed_models": patterns})
+    return name, True
 
 
 async def review_image(settings: Settings, img: EncodedImage, *, model: str | None, custom_prompt: str | None,

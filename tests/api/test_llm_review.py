@@ -164,7 +164,7 @@ def llm():
 
 @pytest.fixture(scope="module")
 def loupe(llm):
-    server = LoupeServer(make_settings(llm_api_base=llm.base))
+    server = LoupeServer(make_settings(llm_api_base=llm.base, llm_allowed_models="openai/*"))
     yield server
     server.close()
 
@@ -357,12 +357,14 @@ def test_slow_server_is_504_llm_timeout(http, llm):
     assert len(llm.requests) == 1  # num_retries=0
 
 
-def test_server_500_is_502_llm_provider_error(http, llm):
-    llm.script(Reply(status=500, error="CUDA out of memory"))
-    resp = http.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}})
+def test_server_500_is_502_llm_provider_error_and_its_body_stays_in_the_log(http, llm, caplog):
+    llm.script(Reply(status=500, error="CUDA out of memory on internal-gpu-node-7"))
+    with caplog.at_level("WARNING", logger="loupe.llm"):
+        resp = http.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}})
     err = assert_envelope(resp, 502, "llm_provider_error")
     assert err["detail"]["provider_status"] == 500
-    assert "CUDA out of memory" in err["detail"]["reason"]
+    assert "internal-gpu-node-7" not in resp.text and "reason" not in err["detail"]  # never echoed …
+    assert "internal-gpu-node-7" in caplog.text  # … but logged for the operator
     assert len(llm.requests) == 1
 
 
@@ -376,7 +378,7 @@ def test_server_401_is_503_and_the_key_is_never_echoed(llm, monkeypatch):
     assert sent == f"Bearer {SECRET}"  # LLM_API_KEY goes to LLM_API_BASE, never OPENAI_API_KEY …
     assert "must-not-travel" not in str(llm.requests[0])
     assert SECRET not in resp.text and "0123456789abcdef" not in resp.text  # … and never comes back
-    assert "[redacted]" in err["detail"]["reason"]
+    assert "Incorrect API key" not in resp.text and err["detail"]["provider_status"] == 401
 
 
 def test_server_429_and_404_are_502(http, llm):
@@ -512,7 +514,8 @@ def test_group_multipart_default_ids(http, llm):
 def test_missing_keys_are_503_llm_not_configured(monkeypatch):
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    with TestClient(create_app(make_settings(llm_api_base="", llm_default_model="openai/gpt-4o-mini"))) as client:
+    with TestClient(create_app(make_settings(llm_api_base="", llm_default_model="openai/gpt-4o-mini",
+                                             llm_allowed_models="openai/*, anthropic/*"))) as client:
         for model, env in ((None, "OPENAI_API_KEY"), ("anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY")):
             payload = {"image": {"base64": b64(COFFEE)}, **({"model": model} if model else {})}
             resp = client.post("/v1/analyze/llm", json=payload)
@@ -531,6 +534,90 @@ def test_unreachable_api_base_is_502(monkeypatch):
         resp = client.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}})
     assert resp.status_code == 502, resp.text
     assert resp.json()["error"]["type"] == "llm_provider_error"
+
+
+class Listener:
+    """A bare TCP listener on 127.0.0.1 that records every connection it gets (it must get none)."""
+
+    def __init__(self, port: int = 0):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+LOCAL_PROVIDER_ENV = ("OLLAMA_API_BASE", "LM_STUDIO_API_BASE", "LLAMAFILE_API_BASE", "HOSTED_VLLM_API_BASE",
+                      "LEMONADE_API_BASE", "DOCKER_MODEL_RUNNER_API_BASE", "LANGFLOW_API_BASE", "OPENAI_BASE_URL")
+CALLER_MODELS = ("ollama/llava", "ollama_chat/llava", "llamafile/llava", "lemonade/llava", "docker_model_runner/llava",
+                 "langflow/llava", "hosted_vllm/llava", "lm_studio/llava", "openai/gpt-4o")
+
+
+def test_a_caller_never_chooses_where_loupe_connects(llm, monkeypatch):
+    """The `model` field cannot send Loupe anywhere: only LLM_ALLOWED_MODELS (default: the default model)
+    is accepted, and providers that would connect to a local default address need LLM_API_BASE."""
+    listeners = [Listener()]
+    for port in (11434, 8000, 8080, 1234):  # LiteLLM's defaults for Ollama, Lemonade, llamafile, LM Studio
+        try:
+            listeners.append(Listener(port))
+        except OSError:
+            pass  # in use here: the environment variables below still point every provider at a listener
+    for var in LOCAL_PROVIDER_ENV:
+        monkeypatch.setenv(var, f"http://127.0.0.1:{listeners[0].port}")
+    llm.script()
+    try:
+        with TestClient(create_app(make_settings(llm_api_base=llm.base))) as client:
+            for model in CALLER_MODELS:
+                resp = client.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}, "model": model})
+                err = assert_envelope(resp, 422, "validation_error")
+                assert err["detail"]["allowed_models"] == ["openai/test-vision"] and "LLM_ALLOWED_MODELS" in err["message"]
+                files = {"file": ("c.jpg", COFFEE, "image/jpeg")}
+                assert_envelope(client.post("/v1/analyze/llm", files=files, data={"model": model}), 422,
+                                "validation_error")
+                group = {"images": [{"base64": b64(COFFEE), "image_id": "a"}, {"base64": b64(CHELSEA), "image_id": "b"}],
+                         "model": model}
+                assert_envelope(client.post("/v1/analyze/llm/group", json=group), 422, "validation_error")
+        # an operator who allows every model still decides where it connects: no LLM_API_BASE, no local provider
+        with TestClient(create_app(make_settings(llm_api_base="", llm_allowed_models="*"))) as client:
+            for model in CALLER_MODELS[:-1]:
+                resp = client.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}, "model": model})
+                assert resp.status_code in (422, 503), (model, resp.text)
+                assert resp.json()["error"]["type"] in ("validation_error", "llm_not_configured")
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert [listener.connections for listener in listeners] == [0] * len(listeners)
+    assert llm.requests == []
+
+
+def test_allowed_patterns_and_the_configured_base(llm):
+    """An allowed model goes to LLM_API_BASE and nowhere else."""
+    llm.script(Reply(good()))
+    with TestClient(create_app(make_settings(llm_api_base=llm.base, llm_allowed_models="openai/*-vision"))) as client:
+        ok = client.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)}, "model": "openai/cheap-vision"})
+        assert ok.status_code == 200, ok.text
+        assert_envelope(client.post("/v1/analyze/llm", json={"image": {"base64": b64(COFFEE)},
+                                                             "model": "openai/gpt-4o"}), 422, "validation_error")
+    assert [r["json"]["model"] for r in llm.requests] == ["cheap-vision"]
 
 
 def test_bad_default_model_is_503(monkeypatch):

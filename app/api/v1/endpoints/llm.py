@@ -29,7 +29,7 @@ from app.schemas.review import (
     LlmReviewRequest,
     LlmReviewResponse,
 )
-from app.services.review import EncodedImage, encode_for_llm, review_group, review_image
+from app.services.review import EncodedImage, encode_for_llm, pick_model, review_group, review_image
 
 router = APIRouter(tags=["llm review"])
 
@@ -93,6 +93,7 @@ async def llm_review(request: Request) -> LlmReviewResponse:
     else:
         form = await read_form(request, max_files=1)
         sources, opts = form_files(form, 1), form_flags(form, LlmOptions)
+    pick_model(settings, opts.model)  # a model LLM_ALLOWED_MODELS refuses is a 422 before any image is read
     [img] = await _encode(request, sources, group=False)
     return await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
                               max_tokens=opts.max_tokens, started=started)
@@ -128,6 +129,7 @@ async def llm_review_group(request: Request) -> LlmGroupResponse:
     if dupes:
         raise ValidationFailed(f"Image ids must be unique in a group review; repeated: {dupes}.",
                                detail={"duplicate_image_ids": dupes})
+    pick_model(settings, opts.model)
     imgs = await _encode(request, sources, group=True)
     return await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,
                               max_tokens=opts.max_tokens, started=started)
