@@ -474,9 +474,10 @@ async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
 
             async def one(batch: list[Item]) -> None:
                 async with sem:
-                    before = writer.rows
+                    # every item of a batch ends as exactly one row; counting the writer's rows
+                    # here would also count the rows other batches wrote meanwhile
                     await score_batch(api, batch, flags, writer)
-                    bar.update(writer.rows - before)
+                    bar.update(len(batch))
                     bar.set_postfix(failed=writer.failed, refresh=False)
 
             batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
