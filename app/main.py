@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import VERSION, Settings, get_settings
-from app.core.errors import ApiError, error_body
+from app.core.errors import ApiError, PayloadTooLarge, error_body
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 from app.core.ratelimit import AccessControl
@@ -46,12 +46,36 @@ def envelope(status: int, error_type: str, message: str, detail: Any = None,
                         headers=headers)
 
 
-class RequestContextMiddleware:
-    """Request id in and out, one JSON access-log line, Prometheus counters, body-size cap."""
+class BodyTooLarge(PayloadTooLarge):
+    """Raised by the capped `receive` when a body without (or beyond) its Content-Length passes the cap."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+
+def body_limits(settings: Settings) -> tuple[dict[str, int], int]:
+    """The most bytes each route's body may have (single-image routes: one image; batches: a batch),
+    and the cap of every other route. The largest image as base64 JSON is 4/3 of MAX_IMAGE_MB."""
+    from app.schemas.review import LLM_GROUP_MAX
+
+    per_image = settings.max_image_bytes * 4 // 3 + (64 << 10)
+    slack = 1 << 20  # the JSON or multipart framing and the other fields
+    batch = per_image * settings.max_batch_size + slack
+    limits = {
+        "/v1/analyze": per_image + slack, "/v1/quality": per_image + slack, "/v1/analyze/llm": per_image + slack,
+        "/v1/analyze/batch": batch,
+        "/v1/analyze/llm/group": per_image * LLM_GROUP_MAX + slack,
+        "/v1/cluster/images": per_image * min(settings.max_cluster_images, settings.max_batch_size) + slack,
+        # N vectors as JSON numbers (about 10 bytes each, 512-d by default), never below a batch's size
+        "/v1/cluster": max(batch, settings.max_cluster_items * 512 * 10 + slack),
+    }
+    return limits, slack
+
+
+class RequestContextMiddleware:
+    """Request id in and out, one JSON access-log line, Prometheus counters, per-route body-size cap."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default_limit: int):
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
+        self.default_limit = default_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +87,7 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status_holder = {"status": 500}
         method = scope["method"]
+        max_body = self.limits.get(scope.get("path", "").rstrip("/") or "/", self.default_limit)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -72,13 +97,14 @@ class RequestContextMiddleware:
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
             await send(message)
 
+        def too_large(size: str) -> JSONResponse:
+            return envelope(413, "payload_too_large", f"The request body is {size}; the limit for "
+                            f"{scope.get('path')} is {max_body} bytes.", {"max_body_bytes": max_body})
+
         try:
             declared = headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                resp = envelope(413, "payload_too_large",
-                                f"The request body is {declared} bytes; the limit is {self.max_body_bytes}.",
-                                {"max_body_bytes": self.max_body_bytes})
-                await resp(scope, receive, send_wrapper)
+            if declared and declared.isdigit() and int(declared) > max_body:
+                await too_large(f"{declared} bytes")(scope, receive, send_wrapper)
                 return
             received = 0
 
@@ -87,17 +113,17 @@ class RequestContextMiddleware:
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.max_body_bytes:
-                        raise ApiError("too large")  # turned into 413 below
+                    if received > max_body:
+                        raise BodyTooLarge(f"The request body is larger than {max_body} bytes, the limit for "
+                                           f"{scope.get('path')}.", detail={"max_body_bytes": max_body})
                 return message
 
             try:
                 await self.app(scope, receive_capped, send_wrapper)
-            except ApiError as exc:
-                if exc.message != "too large":
+            except BodyTooLarge:  # raised outside the app's own handlers (e.g. while streaming)
+                if status_holder.get("sent"):
                     raise
-                resp = envelope(413, "payload_too_large", f"The request body is larger than {self.max_body_bytes} bytes.")
-                await resp(scope, receive, send_wrapper)
+                await too_large(f"more than {max_body} bytes")(scope, receive, send_wrapper)
             except Exception:  # noqa: BLE001 - the envelope (with request id) even for crashes
                 log.exception("unhandled error")
                 if status_holder.get("sent"):
@@ -216,8 +242,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
-    per_image = settings.max_image_bytes * 4 // 3 + 64 * 1024
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=per_image * settings.max_batch_size + (1 << 20))
+    limits, default_limit = body_limits(settings)
+    app.add_middleware(RequestContextMiddleware, limits=limits, default_limit=default_limit)
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -53,6 +53,8 @@ def source_of(inp: ImageInput) -> ImageSource:
 async def read_form(request: Request, max_files: int):
     try:
         return await request.form(max_files=max_files, max_fields=2 * max_files + 50)
+    except PayloadTooLarge:
+        raise
     except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
         raise ValidationFailed(f"The multipart body could not be read: {exc}") from exc
 

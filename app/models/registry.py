@@ -4,7 +4,9 @@ Per model it holds the adapter, its state (not_loaded / loading / ready /
 failed), device, load time, last error and a lock, so two requests never load
 the same model twice. Models load lazily on first use, or at start-up when named
 in PRELOAD_MODELS ("all" = every model). With MODEL_TTL_S > 0 a model unused for
-that long is unloaded and loads again on next use. A failed load is retried at
+that long is unloaded and loads again on next use; a model with calls in flight is
+never unloaded (each call holds a lease: `in_flight` counts them, and every call
+refreshes `last_used`). A failed load is retried at
 most every FAILED_RETRY_S seconds, so dropping the files into MODEL_DIR later
 is enough, and a missing model never makes requests hang or crash.
 
@@ -77,7 +79,9 @@ class ModelEntry:
     failed_at: float = 0.0
     last_used: float = 0.0
     loads: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while loading / unloading
+    use_lock: threading.Lock = field(default_factory=threading.Lock)  # guards in_flight, adapter hand-out
+    in_flight: int = 0
     executor: Executor | None = None
 
 
@@ -181,16 +185,20 @@ class ModelRegistry:
             log.info("model %s ready on %s in %.2fs", name, device, e.load_time_s)
             return adapter
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str, idle_before: float | None = None) -> bool:
+        """Drop the model's weights unless a call is using it (or, with `idle_before`, unless it was
+        used since then). True when it was unloaded."""
         e = self.entries[name]
         with e.lock:
-            if e.adapter is not None:
-                try:
-                    e.adapter.unload()
-                finally:
-                    e.adapter = None
-            e.state = "not_loaded"
+            with e.use_lock:
+                if e.in_flight or (idle_before is not None and e.last_used >= idle_before):
+                    return False
+                adapter, e.adapter = e.adapter, None
+                e.state = "not_loaded"
             MODEL_LOADED.labels(name).set(0)
+            if adapter is not None:
+                adapter.unload()
+            return True
 
     def unload_idle(self, now: float | None = None) -> list[str]:
         ttl = self.settings.model_ttl_s
@@ -199,11 +207,38 @@ class ModelRegistry:
         now = time.monotonic() if now is None else now
         dropped = []
         for name, e in self.entries.items():
-            if e.state == "ready" and now - e.last_used > ttl:
-                self.unload(name)
+            if e.state == "ready" and not e.in_flight and now - e.last_used > ttl \
+                    and self.unload(name, idle_before=now - ttl):
                 dropped.append(name)
                 log.info("model %s unloaded after %.0fs idle", name, ttl)
         return dropped
+
+    # -- leases: a model in use is never unloaded -------------------------------
+    def try_acquire(self, name: str) -> ModelAdapter | None:
+        """The ready adapter with one more call in flight, or None when it is not loaded (non-blocking)."""
+        e = self.entries[name]
+        with e.use_lock:
+            if e.state == "ready" and e.adapter is not None:
+                e.in_flight += 1
+                e.last_used = time.monotonic()
+                return e.adapter
+        return None
+
+    def acquire(self, name: str) -> ModelAdapter:
+        """Blocking: load if needed, then take a lease (raises ModelUnavailable)."""
+        if name not in self.entries:
+            raise ModelUnavailable(f"Unknown model {name!r}.")
+        while True:
+            adapter = self.try_acquire(name)
+            if adapter is not None:
+                return adapter
+            self.ensure_loaded(name)  # an unload may slip in between: then load again
+
+    def release(self, name: str) -> None:
+        e = self.entries[name]
+        with e.use_lock:
+            e.in_flight -= 1
+            e.last_used = time.monotonic()
 
     def preload(self) -> dict[str, str | None]:
         """Load every PRELOAD_MODELS entry; failures are recorded, never raised."""
@@ -217,55 +252,60 @@ class ModelRegistry:
         return out
 
     # -- inference ---------------------------------------------------------------
-    def predict_sync(self, name: str, inputs: Sequence[Any]) -> list[Any]:
+    def predict_with(self, name: str, adapter: ModelAdapter, inputs: Sequence[Any]) -> list[Any]:
         """Blocking: prepared inputs → results, in chunks of the adapter's max batch."""
-        adapter = self.ensure_loaded(name)
         results: list[Any] = []
         step = max(1, adapter.max_batch)
         t0 = time.perf_counter()
         for i in range(0, len(inputs), step):
             results.extend(adapter.predict(list(inputs[i : i + step])))
         ANALYSIS_LATENCY.labels(name).observe(time.perf_counter() - t0)
-        self.entries[name].last_used = time.monotonic()
         if len(results) != len(inputs):
             raise RuntimeError(f"model {name} returned {len(results)} results for {len(inputs)} inputs")
         return results
 
-    def run_sync(self, name: str, images: Sequence[Any]) -> list[Any]:
+    def run_with(self, name: str, adapter: ModelAdapter, images: Sequence[Any]) -> list[Any]:
         """Blocking: prepare each image (cached on the image) and run one batched predict."""
-        adapter = self.ensure_loaded(name)
         prepared = [
             img.cached(("prepare", name), lambda img=img: adapter.prepare(img)) if hasattr(img, "cached") else adapter.prepare(img)
             for img in images
         ]
-        return self.predict_sync(name, prepared)
+        return self.predict_with(name, adapter, prepared)
 
     def executor_for(self, name: str) -> Executor:
         e = self.entries[name]
         return e.executor or self.pool
 
-    async def _ready(self, name: str) -> ModelAdapter:
-        """The loaded adapter; a load runs on the shared pool (the model's own executor, if it
-        has one, exists only once it is loaded)."""
-        e = self.entries.get(name)
-        if e is None:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
-        if e.state == "ready" and e.adapter is not None:
-            return e.adapter
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.ensure_loaded, name)
-
     async def call(self, name: str, fn, *args) -> Any:
-        """Run `fn(adapter, *args)` on the model's executor, loading it first if needed."""
-        adapter = await self._ready(name)
-        return await asyncio.get_running_loop().run_in_executor(self.executor_for(name), fn, adapter, *args)
+        """Run `fn(adapter, *args)` on the model's executor, loading it first if needed. The call holds
+        a lease from before it is queued until it returns, so an idle unload never pulls the model
+        from under it."""
+        if name not in self.entries:
+            raise ModelUnavailable(f"Unknown model {name!r}.")
+        loop = asyncio.get_running_loop()
+        adapter = self.try_acquire(name) or await loop.run_in_executor(self.pool, self.acquire, name)
+
+        def run() -> Any:
+            try:
+                return fn(adapter, *args)
+            finally:
+                self.release(name)
+
+        job = self.executor_for(name).submit(run)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if job.cancel():  # never started: its lease is still ours to give back
+                self.release(name)
+            raise
 
     async def run(self, name: str, images: Sequence[Any]) -> list[Any]:
         """Async: prepare and run one batch of images off the event loop."""
-        return await self.call(name, lambda _adapter, imgs: self.run_sync(name, imgs), images)
+        return await self.call(name, lambda adapter, imgs: self.run_with(name, adapter, imgs), images)
 
     async def predict(self, name: str, inputs: Sequence[Any]) -> list[Any]:
         """Async: run one batch of already prepared inputs off the event loop."""
-        return await self.call(name, lambda _adapter, xs: self.predict_sync(name, xs), inputs)
+        return await self.call(name, lambda adapter, xs: self.predict_with(name, adapter, xs), inputs)
 
     def start_ttl_task(self) -> None:
         if self.settings.model_ttl_s <= 0:

@@ -321,3 +321,51 @@ def test_gate_is_served_concurrently_without_blocking(live_factory):
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         codes = list(ex.map(one, range(24)))
     assert codes == [200] * 24
+
+
+def test_body_caps_by_endpoint_with_and_without_content_length(live_factory):
+    """A single-image endpoint takes one image's worth of body, a batch a batch's; a chunked body with no
+    Content-Length is cut at the same cap with a 413 in the envelope (it used to be a 500)."""
+    server = live_factory(max_image_mb=1, max_batch_size=4)
+    per_image = (1 << 20) * 4 // 3 + (64 << 10) + (1 << 20)
+    big = b"x" * (per_image + 4096)
+
+    def chunked(data: bytes):
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    with httpx.Client(base_url=server.base_url, timeout=30) as h:
+        for path in ("/v1/quality", "/v1/analyze", "/v1/analyze/llm"):
+            files = {"file": ("a.jpg", big, "image/jpeg")}
+            err = assert_envelope(h.post(path, files=files), 413, "payload_too_large")
+            assert err["detail"]["max_body_bytes"] == per_image
+            hdrs = {"content-type": "application/json"}
+            err = assert_envelope(h.post(path, content=chunked(big), headers=hdrs), 413, "payload_too_large")
+            assert err["detail"]["max_body_bytes"] == per_image
+            boundary = "b0undary"
+            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+                    f"Content-Type: image/jpeg\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+            r = h.post(path, content=chunked(body), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            assert_envelope(r, 413, "payload_too_large")
+        # the batch endpoint takes that body (the image inside is then refused on its own: 1 MiB limit)
+        r = h.post("/v1/analyze/batch", files=[("file", ("a.jpg", big, "image/jpeg"))])
+        assert r.status_code == 200 and r.json()["results"][0]["error"]["type"] == "image_too_large"
+        # routes without a body of images get a small cap
+        assert_envelope(h.post("/v1/embed/text", content=b"[" * (2 << 20),
+                               headers={"content-type": "application/json"}), 413, "payload_too_large")
+
+
+def test_quality_processing_time_covers_the_gate(client, monkeypatch):
+    import time as _time
+
+    from app.services import blur as blur_svc
+
+    real = blur_svc.laplacian_variance
+
+    def slow(gray):
+        _time.sleep(0.25)
+        return real(gray)
+
+    monkeypatch.setattr(blur_svc, "laplacian_variance", slow)
+    body = client.post("/v1/quality", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")}).json()
+    assert body["processing_time_ms"] >= 250

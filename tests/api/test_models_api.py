@@ -207,3 +207,68 @@ def test_quality_score_falls_with_real_degradations(tmp_path):
                 scores = [score(rgb)] + [score(degrade(rgb, lv)) for lv in levels]
                 assert all(a >= b - 1e-6 for a, b in zip(scores, scores[1:])), (name, levels, scores)
                 assert scores[-1] < scores[0] - 0.05, (name, levels, scores)
+
+
+def test_ttl_never_unloads_a_model_in_use_and_every_call_refreshes_it(model_dir):
+    """MODEL_TTL_S with a model used only through /v1/embed/text: each call counts as use, and an idle
+    sweep that runs while a call is in flight leaves the model alone (it used to set its fields to None
+    mid-call)."""
+    import asyncio
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.models.registry import ModelRegistry
+
+    reg = ModelRegistry(settings(model_dir, model_ttl_s=0.2), ThreadPoolExecutor(2))
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_embed(adapter, texts):
+        started.set()
+        finish.wait(10)
+        return adapter.embed_text(texts)  # the adapter's weights must still be there
+
+    async def scenario():
+        call = asyncio.create_task(reg.call("clip", slow_embed, ["a cat"]))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        e = reg.entries["clip"]
+        assert e.in_flight == 1
+        assert reg.unload_idle(now=_time.monotonic() + 60) == []  # long idle by the clock, but in use
+        assert e.state == "ready" and e.adapter is not None
+        finish.set()
+        vectors = await call
+        assert vectors.shape[0] == 1 and np.isfinite(vectors).all()
+        assert e.in_flight == 0
+        used = e.last_used
+        await asyncio.sleep(0.05)
+        await reg.call("clip", lambda adapter, t: adapter.embed_text(t), ["a dog"])
+        assert e.last_used > used  # the call itself refreshed last use (no ensure_loaded involved)
+        assert reg.unload_idle(now=e.last_used + 0.1) == []
+        assert reg.unload_idle(now=e.last_used + 0.3) == ["clip"] and e.adapter is None
+        # a call after the unload loads it again
+        await reg.call("clip", lambda adapter, t: adapter.embed_text(t), ["again"])
+        assert e.loads == 2
+
+    asyncio.run(scenario())
+
+
+def test_embed_text_survives_concurrent_idle_sweeps(model_dir):
+    """Over the real app: a sweep thread unloading idle models as fast as it can while requests run."""
+    import time as _time
+
+    with TestClient(create_app(settings(model_dir, model_ttl_s=0.05))) as c:
+        reg = c.app.state.registry
+        stop = threading.Event()
+
+        def sweep():
+            while not stop.is_set():
+                reg.unload_idle(now=_time.monotonic() + 1)
+
+        t = threading.Thread(target=sweep, daemon=True)
+        t.start()
+        try:
+            codes = [c.post("/v1/embed/text", json={"texts": [f"photo {i}"]}).status_code for i in range(15)]
+        finally:
+            stop.set()
+            t.join(5)
+    assert codes == [200] * 15

@@ -84,5 +84,4 @@ async def quality(request: Request) -> QualityGateResponse:
     item = await orch.load(sources[0], 0, gray=True, min_dim=settings.analysis_max_dim)
     if item.error is not None:
         raise item.exception()
-    return await orch.in_pool(lambda: quality_gate(item.image, settings, item.image_id,
-                                                    (time.perf_counter() - t0) * 1000))
+    return await orch.in_pool(lambda: quality_gate(item.image, settings, item.image_id, t0))

@@ -24,9 +24,10 @@ async def embed_text(body: TextEmbedRequest, request: Request) -> TextEmbedRespo
         if not text.strip() or len(text) > MAX_TEXT_CHARS:
             raise ValidationFailed(f"texts[{i}] must have 1..{MAX_TEXT_CHARS} characters.")
     registry = request.app.state.registry
-    vectors = await registry.call("clip", lambda adapter, texts: adapter.embed_text(texts), list(body.texts))
-    adapter = registry.entries["clip"].adapter
+    model, vectors = await registry.call(
+        "clip", lambda adapter, texts: (getattr(adapter, "model_name", None), adapter.embed_text(texts)),
+        list(body.texts))
     return TextEmbedResponse(
-        model=getattr(adapter, "model_name", None), dim=int(vectors.shape[1]),
+        model=model, dim=int(vectors.shape[1]),
         embeddings=[TextEmbedding(text=t, vector=[round(float(x), 6) for x in v]) for t, v in zip(body.texts, vectors)],
         processing_time_ms=round((time.perf_counter() - t0) * 1000, 3))
