@@ -1,12 +1,15 @@
-"""Real HTTP servers on 127.0.0.1 for tests: an image host with scripted routes, and the Loupe app under uvicorn."""
+"""Real HTTP servers on 127.0.0.1 for tests: an image host with scripted routes, the Loupe app under uvicorn,
+and an OpenAI-compatible chat-completions server (scripted replies)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 import uvicorn
 
@@ -158,3 +161,80 @@ class LiveServer:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class Reply:
+    def __init__(self, content: str | None = None, *, status: int = 200, error: str | None = None,
+                 delay: float = 0.0, usage: dict | None = None, finish_reason: str = "stop",
+                 when_response_format: Reply | None = None):
+        self.content, self.status, self.error, self.delay = content, status, error, delay
+        self.usage = usage if usage is not None else {"prompt_tokens": 1000, "completion_tokens": 120,
+                                                       "total_tokens": 1120}
+        self.finish_reason = finish_reason
+        self.when_response_format = when_response_format
+
+    def body(self) -> dict[str, Any]:
+        if self.status != 200:
+            return {"error": {"message": self.error or f"scripted error {self.status}", "type": "scripted",
+                              "code": str(self.status)}}
+        return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": "test-vision",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
+                             "finish_reason": self.finish_reason}],
+                "usage": self.usage}
+
+
+class FakeLLM:
+    """A local OpenAI-compatible server: answers POST /v1/chat/completions from a queue of `Reply`s (or,
+    when the queue is empty, from `answer(request_json)` if given); records every request."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], Reply] | None = None):
+        self.answer = answer
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.loads(raw)
+                owner.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                       "raw": raw.decode(), "json": body})
+                if owner.replies:
+                    reply = owner.replies.popleft()
+                elif owner.answer is not None:
+                    reply = owner.answer(body)
+                else:
+                    reply = Reply(status=500, error="no scripted reply")
+                if reply.status == 200 and "response_format" in body and reply.when_response_format is not None:
+                    reply = reply.when_response_format
+                if reply.delay:
+                    time.sleep(reply.delay)
+                out = json.dumps(reply.body()).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        self.replies.clear()
+        self.requests.clear()
+        self.replies.extend(replies)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -41,7 +41,8 @@ async def read_json_model(request: Request, model: type[M]) -> M:
     if payload is None:
         raise ValidationFailed("The request body is empty.")
     try:
-        return model.model_validate(payload)
+        # strict: a JSON body's types are what the schema says (no "1" or 1 for true, no 7 for "7")
+        return model.model_validate(payload, strict=True)
     except ValidationError as exc:
         raise validation_failed(exc) from exc
 
@@ -59,11 +60,30 @@ async def read_form(request: Request, max_files: int):
         raise ValidationFailed(f"The multipart body could not be read: {exc}") from exc
 
 
-def form_flags(form, model: type[M] = RunFlags, **extra) -> M:
-    data = {k: form.get(k) for k in model.model_fields if form.get(k) not in (None, "")}
-    data.update(extra)
+#: form fields every multipart image endpoint reads besides its model's
+FILE_FIELDS = ("file", "image_id")
+
+
+def form_flags(form, model: type[M] | None = RunFlags, *, fields: list[str] | None = None) -> M | None:
+    """The form's fields, validated by `model` (the same model and fields its OpenAPI form schema is
+    derived from). A field the endpoint does not know, or a scalar field sent more than once, is a 422
+    (as an unknown or mistyped JSON field is)."""
+    names = list(fields if fields is not None else (model.model_fields if model is not None else []))
+    unknown = sorted({k for k in form.keys() if k not in names and k not in FILE_FIELDS})
+    if unknown:
+        raise ValidationFailed(f"Unknown form field(s): {', '.join(repr(u) for u in unknown)}.",
+                               detail={"unknown_fields": unknown, "accepted": names + list(FILE_FIELDS)})
+    repeated = sorted({k for k in names if len(form.getlist(k)) > 1})
+    if repeated:
+        raise ValidationFailed(f"Form field(s) sent more than once: {', '.join(repeated)}.",
+                               detail={"repeated_fields": repeated})
+    if model is None:
+        return None
+    data = {k: form.get(k) for k in names if form.get(k) not in (None, "")}
+    if any(not isinstance(v, str) for v in data.values()):
+        raise ValidationFailed("Only `file` parts may carry files; the other form fields are text.")
     try:
-        return model.model_validate(data)
+        return model.model_validate_strings(data)  # form values are text: "true", "0.35", "12"
     except ValidationError as exc:
         raise validation_failed(exc) from exc
 
@@ -80,7 +100,9 @@ def form_files(form, max_count: int, setting: str = "max_batch_size") -> list[Im
     if not files:
         raise ValidationFailed("Send the image in a multipart field named `file`.")
     check_count(len(files), max_count, setting)
-    ids = [str(v) for v in form.getlist("image_id")]
+    ids = form.getlist("image_id")
+    if any(not isinstance(v, str) or len(v) > 256 for v in ids):
+        raise ValidationFailed("Each image_id must be text of at most 256 characters.")
     if ids and len(ids) != len(files):
         raise ValidationFailed(f"{len(ids)} image_id fields for {len(files)} files: give one per file or none.")
     return [ImageSource(image_id=ids[i] if ids else (f.filename or str(i)), upload=f) for i, f in enumerate(files)]
@@ -93,3 +115,9 @@ def require_json_or_form(request: Request) -> str:
             f"Send application/json or multipart/form-data (got {mt or 'no content type'}).",
             detail={"accepted": ["application/json", "multipart/form-data"]})
     return mt
+
+
+def require_json(request: Request) -> None:
+    if media_type(request) != "application/json":
+        raise UnsupportedMediaType(f"Send application/json (got {media_type(request) or 'no content type'}).",
+                                   detail={"accepted": ["application/json"]})

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas.common import Band, ErrorInfo, ImageInput, RunFlags, ranged
 
@@ -221,8 +221,14 @@ class QualityGateResponse(BaseModel):
     processing_time_ms: float
 
 
+MAX_TEXT_CHARS = 1000
+#: one text to embed: 1..1000 characters with at least one that is not white space
+EmbedText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S")]
+
+
 class TextEmbedRequest(BaseModel):
-    texts: list[str] = Field(min_length=1, max_length=256, description="Texts to embed (1..256, each 1..1000 characters).")
+    texts: list[EmbedText] = Field(min_length=1, max_length=256,
+                                   description="Texts to embed (1..256, each 1..1000 characters, not only spaces).")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["a cat sleeping on a sofa", "a rocket launch at dusk"]}]})

@@ -47,15 +47,24 @@ class ErrorEnvelope(BaseModel):
         "detail": {"format": "JPEG"}, "request_id": "6f1c2b1e9d2a4c1f"}}})
 
 
+def _one_source(schema: dict[str, Any]) -> None:
+    """ImageInput's schema: exactly one of `url` / `base64` present, neither nullable (no null default)."""
+    for name in ("url", "base64"):
+        schema["properties"][name].pop("default", None)
+    schema["oneOf"] = [{"required": ["url"]}, {"required": ["base64"]}]
+
+
 class ImageInput(BaseModel):
     """One image: exactly one of `url` or `base64`, and an optional caller id."""
 
-    url: str | None = Field(None, max_length=4096, description="http(s) URL Loupe downloads itself (SSRF-guarded).",
-                            examples=["https://upload.wikimedia.org/wikipedia/commons/3/3f/Fronalpstock_big.jpg"])
-    base64: str | None = Field(None, description="The image bytes as base64, raw or as a data URI (`data:image/jpeg;base64,…`).")
+    # `str` with a default of None: the field may be left out, but not sent as null, so that the schema
+    # (a string, and exactly one of the two present) says exactly what validation accepts
+    url: str = Field(None, max_length=4096, description="http(s) URL Loupe downloads itself (SSRF-guarded).",
+                     examples=["https://upload.wikimedia.org/wikipedia/commons/3/3f/Fronalpstock_big.jpg"])
+    base64: str = Field(None, description="The image bytes as base64, raw or as a data URI (`data:image/jpeg;base64,…`).")
     image_id: str | None = Field(None, max_length=256, description="Your id for this image; echoed in the result.")
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _cls: _one_source(schema))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ImageInput":

@@ -28,7 +28,10 @@ LAPLACIAN_NOISE_GAIN = 20.0
 
 def noise_sigma(gray: np.ndarray) -> float:
     """Robust estimate of the std of additive noise (grey levels): Immerkaer's operator with a
-    median (MAD) instead of the mean, so edges and texture barely count."""
+    median (MAD) instead of the mean, so edges and texture barely count. An image with fewer
+    than 3 rows or columns has no interior to measure: 0 (no noise that can be told from detail)."""
+    if min(gray.shape[:2]) < 3:
+        return 0.0
     r = cv2.filter2D(gray, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
     return float(np.median(np.abs(r))) / (0.6745 * 6.0)
 

@@ -369,3 +369,23 @@ def test_quality_processing_time_covers_the_gate(client, monkeypatch):
     monkeypatch.setattr(blur_svc, "laplacian_variance", slow)
     body = client.post("/v1/quality", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")}).json()
     assert body["processing_time_ms"] >= 250
+
+
+def test_bodies_are_as_strict_as_their_schema(client):
+    """JSON types are not coerced (the schema says boolean, so 1 and "yes" are 422); a form field the
+    endpoint does not know, or a flag sent twice, is a 422 like an unknown JSON field."""
+    img = {"base64": b64(encode(photo("coffee")))}
+    for bad in ({"run_blur": 1}, {"run_blur": "yes"}, {"run_faces": None}):
+        assert_envelope(client.post("/v1/analyze", json={"image": img, **bad}), 422, "validation_error")
+    assert_envelope(client.post("/v1/analyze", json={"image": {"base64": b64(encode(photo("coffee"))),
+                                                               "image_id": 7}}), 422, "validation_error")
+    assert_envelope(client.post("/v1/analyze", json={"image": {"url": None, "base64": img["base64"]}}), 422)
+    files = {"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")}
+    err = assert_envelope(client.post("/v1/analyze", files=files, data={"run_bluur": "true"}), 422, "validation_error")
+    assert err["detail"]["unknown_fields"] == ["run_bluur"]
+    err = assert_envelope(client.post("/v1/analyze", files=files, data={"run_faces": ["true", "false"]}), 422)
+    assert err["detail"]["repeated_fields"] == ["run_faces"]
+    assert_envelope(client.post("/v1/quality", files=files, data={"run_faces": "true"}), 422, "validation_error")
+    assert_envelope(client.post("/v1/analyze", files=files, data={"image_id": "x" * 257}), 422)
+    ok = client.post("/v1/analyze", files=files, data={"run_faces": "false", "run_blur": "true", "image_id": "c"})
+    assert ok.status_code == 200 and ok.json()["result"]["image_id"] == "c"

@@ -13,7 +13,6 @@ import json
 import socket
 import threading
 import time
-from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +23,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.servers import LiveServer
+from tests.servers import FakeLLM, LiveServer, Reply
 from app.schemas.review import LlmReview
 from app.services.review import (
     PLACEHOLDER_KEY,
@@ -37,77 +36,6 @@ from tests.helpers import encode, photo
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 MAX_DIM = 256
-
-
-# --- a scripted OpenAI-compatible server ---------------------------------------------------------------
-class Reply:
-    def __init__(self, content: str | None = None, *, status: int = 200, error: str | None = None,
-                 delay: float = 0.0, usage: dict | None = None, finish_reason: str = "stop",
-                 when_response_format: Reply | None = None):
-        self.content, self.status, self.error, self.delay = content, status, error, delay
-        self.usage = usage if usage is not None else {"prompt_tokens": 1000, "completion_tokens": 120,
-                                                       "total_tokens": 1120}
-        self.finish_reason = finish_reason
-        self.when_response_format = when_response_format
-
-    def body(self) -> dict[str, Any]:
-        if self.status != 200:
-            return {"error": {"message": self.error or f"scripted error {self.status}", "type": "scripted",
-                              "code": str(self.status)}}
-        return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": "test-vision",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
-                             "finish_reason": self.finish_reason}],
-                "usage": self.usage}
-
-
-class FakeLLM:
-    """ThreadingHTTPServer answering POST /v1/chat/completions from a queue of `Reply`s; records every request."""
-
-    def __init__(self):
-        self.replies: deque[Reply] = deque()
-        self.requests: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.loads(raw)
-                owner.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                       "raw": raw.decode(), "json": body})
-                reply = owner.replies.popleft() if owner.replies else Reply(status=500, error="no scripted reply")
-                if reply.status == 200 and "response_format" in body and reply.when_response_format is not None:
-                    reply = reply.when_response_format
-                if reply.delay:
-                    time.sleep(reply.delay)
-                out = json.dumps(reply.body()).encode()
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.clear()
-        self.requests.clear()
-        self.replies.extend(replies)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class ImageServer:

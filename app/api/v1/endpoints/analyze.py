@@ -69,7 +69,7 @@ class QualityGateRequest(ImageInput):
 
 @router.post("/quality", response_model=QualityGateResponse, responses=ERRORS,
              summary="Quality gate: is this upload sharp, well exposed and large enough?",
-             openapi_extra=body_json_or_form(QualityGateRequest, multiple_files=False, flags=False))
+             openapi_extra=body_json_or_form(QualityGateRequest, multiple_files=False, form_model=None))
 async def quality(request: Request) -> QualityGateResponse:
     settings = settings_of(request)
     mt = require_json_or_form(request)
@@ -80,6 +80,7 @@ async def quality(request: Request) -> QualityGateResponse:
     else:
         form = await read_form(request, max_files=1)
         sources = form_files(form, 1)
+        form_flags(form, None)  # no other fields
     orch = request.app.state.orchestrator
     item = await orch.load(sources[0], 0, gray=True, min_dim=settings.analysis_max_dim)
     if item.error is not None:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from app.api.deps import (check_count, form_files, form_flags, read_form, read_json_model, require_json_or_form, settings_of,
                           source_of, validation_failed)
-from app.api.v1.openapi_extra import body_json_or_form
+from app.api.v1.openapi_extra import body_json_or_form, component_ref
 from app.core.errors import ValidationFailed
 from app.schemas import cluster as C
 from app.schemas.common import ErrorEnvelope
@@ -45,7 +45,7 @@ def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
 @router.post("/cluster", response_model=C.ClusterResponse, responses=ERRORS,
              summary="DBSCAN clustering of embedding vectors (no N×N matrix; up to MAX_CLUSTER_ITEMS)",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/ClusterRequest"}}}}})
+                 "schema": component_ref(C.ClusterRequest)}}}})
 async def cluster_vectors(request: Request) -> C.ClusterResponse:
     settings = settings_of(request)
     body = await request.body()
@@ -53,7 +53,8 @@ async def cluster_vectors(request: Request) -> C.ClusterResponse:
         raise ValidationFailed("The request body is empty.")
     try:
         # parsed by pydantic-core straight from JSON bytes (much faster than json.loads for big float arrays)
-        req = await request.app.state.orchestrator.in_pool(C.ClusterRequest.model_validate_json, body)
+        req = await request.app.state.orchestrator.in_pool(
+            lambda: C.ClusterRequest.model_validate_json(body, strict=True))
     except ValidationError as exc:
         raise validation_failed(exc) from exc
     return await request.app.state.orchestrator.in_pool(run_dbscan, req, settings.max_cluster_items)
@@ -65,12 +66,13 @@ class PhotoSetForm(C.PhotoSetRequest):
     images: list = []
 
 
+PHOTOSET_FORM_FIELDS = [name for name in C.PhotoSetRequest.model_fields if name != "images"]
+
+
 @router.post("/cluster/images", response_model=C.PhotoSetResponse, responses=ERRORS,
              summary="Group near-duplicate shots of a photo set and pick the best of each group",
-             openapi_extra=body_json_or_form(C.PhotoSetRequest, multiple_files=True, flags=False, extra_form={
-                 "eps": {"type": "number", "default": 0.08}, "hash_max_distance": {"type": "integer", "default": 12},
-                 "use_embeddings": {"type": "boolean", "default": True},
-                 "rank_by_quality_models": {"type": "boolean", "default": True}}))
+             openapi_extra=body_json_or_form(C.PhotoSetRequest, multiple_files=True, form_model=PhotoSetForm,
+                                             form_fields=PHOTOSET_FORM_FIELDS))
 async def cluster_images(request: Request) -> C.PhotoSetResponse:
     settings = settings_of(request)
     limit = settings.max_cluster_images
@@ -82,7 +84,7 @@ async def cluster_images(request: Request) -> C.PhotoSetResponse:
     else:
         form = await read_form(request, max_files=limit + 1)
         sources = form_files(form, limit, "max_cluster_images")
-        params = form_flags(form, PhotoSetForm)
+        params = form_flags(form, PhotoSetForm, fields=PHOTOSET_FORM_FIELDS)
         req = C.PhotoSetRequest.model_construct(**params.model_dump(exclude={"images"}), images=[])
     ids = [s.image_id if s.image_id is not None else str(i) for i, s in enumerate(sources)]
     seen: set[str] = set()

@@ -20,7 +20,6 @@ from app.core.errors import ApiError, ValidationFailed
 from app.imaging.sources import ImageSource
 from app.schemas.common import ErrorEnvelope
 from app.schemas.review import (
-    CUSTOM_PROMPT_MAX_CHARS,
     LLM_GROUP_MAX,
     LLM_GROUP_MIN,
     LlmGroupRequest,
@@ -37,15 +36,6 @@ ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 4
 ERRORS[502]["description"] = "`llm_provider_error`, `llm_invalid_output` (two invalid answers), `unreachable_url`."
 ERRORS[503]["description"] = "`llm_not_configured`: the provider's API key is missing or was rejected."
 ERRORS[504]["description"] = "`llm_timeout` (LLM_TIMEOUT_S), or `upstream_timeout` fetching an image URL."
-
-_FORM_FIELDS = {
-    "model": {"type": "string", "description": "LiteLLM model string (default LLM_DEFAULT_MODEL)."},
-    "custom_prompt": {"type": "string", "maxLength": CUSTOM_PROMPT_MAX_CHARS,
-                      "description": "Extra instructions for the reviewer."},
-    "max_tokens": {"type": "integer", "minimum": 16, "maximum": 8192,
-                   "description": "Most tokens the model may generate (default LLM_MAX_TOKENS)."},
-}
-
 
 def _item_error(item, *, group: bool) -> ApiError:
     """The image's own error; in a group review, renamed so that it says which shot it is."""
@@ -82,8 +72,7 @@ async def _encode(request: Request, sources: list[ImageSource], *, group: bool) 
                  "(longest side at most LLM_IMAGE_MAX_DIM) and sends that to the model as a data URI — the provider "
                  "never receives your URL. The answer is validated against the schema below; an invalid answer is "
                  "sent back to the model once, a second one is `502 llm_invalid_output`."),
-             openapi_extra=body_json_or_form(LlmReviewRequest, multiple_files=False, flags=False,
-                                             extra_form=_FORM_FIELDS))
+             openapi_extra=body_json_or_form(LlmReviewRequest, multiple_files=False, form_model=LlmOptions))
 async def llm_review(request: Request) -> LlmReviewResponse:
     started = time.perf_counter()
     settings = settings_of(request)
@@ -106,8 +95,7 @@ async def llm_review(request: Request) -> LlmReviewResponse:
                  "every `images[].image_id` are checked against the ids you sent (an invented id counts as an "
                  "invalid answer: one retry, then `502 llm_invalid_output`). A shot that cannot be read fails the "
                  "request with that image's own error, naming it."),
-             openapi_extra=body_json_or_form(LlmGroupRequest, multiple_files=True, flags=False,
-                                             extra_form=_FORM_FIELDS))
+             openapi_extra=body_json_or_form(LlmGroupRequest, multiple_files=True, form_model=LlmOptions))
 async def llm_review_group(request: Request) -> LlmGroupResponse:
     started = time.perf_counter()
     settings = settings_of(request)
