@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from tests.helpers import encode, exposure, gaussian_blur, photo
 
@@ -389,3 +392,51 @@ def test_bodies_are_as_strict_as_their_schema(client):
     assert_envelope(client.post("/v1/analyze", files=files, data={"image_id": "x" * 257}), 422)
     ok = client.post("/v1/analyze", files=files, data={"run_faces": "false", "run_blur": "true", "image_id": "c"})
     assert ok.status_code == 200 and ok.json()["result"]["image_id"] == "c"
+
+
+def near_limit_png(side: int) -> bytes:
+    ramp = np.linspace(0, 255, side)
+    buf = io.BytesIO()
+    Image.fromarray((ramp[None, :] * np.ones((side, 1))).astype(np.uint8)).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def test_decode_budget_refuses_a_burst_of_near_limit_pngs(client_factory):
+    """A batch of small files that each decode to millions of pixels: with room for one decode at a time
+    and no wait, the first is decoded and the others get 503 server_busy in their own results."""
+    from app.imaging.decode import probe
+
+    side = 2400
+    data = near_limit_png(side)
+    cost = probe(data, max_pixels=side * side, min_dim=1024).cost_bytes
+    c = client_factory(max_image_pixels=side * side, decode_memory_mb=cost * 1.5 / (1 << 20), decode_wait_s=0,
+                       batch_concurrency=6)
+    files = [("file", (f"{i}.png", data, "image/png")) for i in range(6)]
+    body = c.post("/v1/analyze/batch", files=files, data={"run_quality": "false"}).json()
+    errors = [r["error"] for r in body["results"]]
+    busy = [e for e in errors if e is not None]
+    assert 1 <= body["summary"]["succeeded"] < 6 and len(busy) == body["summary"]["failed"]
+    assert all(e["type"] == "server_busy" and e["status_code"] == 503 for e in busy)
+    assert busy[0]["detail"]["retry_after_s"] >= 1
+    # with a wait allowed, the same burst is decoded one after the other and nothing is refused
+    c2 = client_factory(max_image_pixels=side * side, decode_memory_mb=cost * 1.5 / (1 << 20), decode_wait_s=60,
+                        batch_concurrency=6)
+    body = c2.post("/v1/analyze/batch", files=files, data={"run_quality": "false"}).json()
+    assert body["summary"]["succeeded"] == 6
+    assert c2.app.state.orchestrator.decode_budget.in_use == 0
+
+
+def test_decode_budget_503_on_a_single_image_has_retry_after(client_factory):
+    c = client_factory(decode_memory_mb=64, decode_wait_s=0.2)
+    budget = c.app.state.orchestrator.decode_budget
+    budget.free = 0  # as if other requests were decoding large images right now
+    try:
+        r = c.post("/v1/quality", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")})
+        err = assert_envelope(r, 503, "server_busy")
+        assert r.headers["retry-after"] == "1" and "DECODE_MEMORY_MB" in err["message"]
+        r = c.post("/v1/analyze", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")})
+        assert_envelope(r, 503, "server_busy")
+        assert r.headers["retry-after"] == "1"
+    finally:
+        budget.free = budget.total
+    assert c.post("/v1/quality", files={"file": ("c.jpg", encode(photo("coffee")), "image/jpeg")}).status_code == 200
