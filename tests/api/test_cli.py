@@ -473,3 +473,15 @@ def test_tuner_unlabelled_folder_and_usage_errors(tmp_path, cli_env, capsys):
     (one / "a.jpg").write_bytes(encode(photo("coffee")))
     assert tuner.main([str(one)]) == 2
     assert tuner.main([str(root), "--bright-percentiles", "90", "10"]) == 2
+
+
+def test_progress_bar_counts_each_image_once_with_concurrency(tmp_path, cli_env, capsys):
+    """--concurrency 3 with batches of 1: the bar ends at N/N (it used to count other batches' rows too)."""
+    photos = tmp_path / "photos"
+    n = len(write_photos(photos))
+    assert cli.main(["score", str(photos), "--out", str(tmp_path / "p"), "--batch-size", "1", "--concurrency", "3",
+                     "--progress", "--no-quality"]) == cli.EXIT_FAILED  # write_photos has one broken file
+    err = capsys.readouterr().err
+    counts = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) \[", err)]
+    assert counts and counts[-1] == (n, n), err[-500:]
+    assert all(done <= total for done, total in counts), counts
