@@ -99,3 +99,15 @@ def load_adapter(cls, **settings):
     adapter = cls(Settings(_env_file=None, **settings))
     adapter.load(adapter.resolve_path(), "cpu")
     return adapter
+
+
+def ramp_png(side: int, mode: str = "L") -> bytes:
+    """A small PNG that decodes to side x side pixels (a left-to-right ramp compresses to a few KB):
+    the shape of a decompression-amplification attack just under MAX_IMAGE_PIXELS. mode: L, I;16, RGBA."""
+    ramp = np.linspace(0, 65535 if mode == "I;16" else 255, side)
+    arr = (ramp[None, :] * np.ones((side, 1))).astype(np.uint16 if mode == "I;16" else np.uint8)
+    if mode == "RGBA":
+        arr = np.dstack([arr, arr, arr, np.full_like(arr, 200)])
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import httpx
-import numpy as np
-from PIL import Image
 
-from tests.helpers import encode, exposure, gaussian_blur, photo
+from tests.helpers import encode, exposure, gaussian_blur, photo, ramp_png
 
 ENVELOPE_KEYS = {"type", "message", "detail", "request_id"}
 
@@ -394,20 +391,13 @@ def test_bodies_are_as_strict_as_their_schema(client):
     assert ok.status_code == 200 and ok.json()["result"]["image_id"] == "c"
 
 
-def near_limit_png(side: int) -> bytes:
-    ramp = np.linspace(0, 255, side)
-    buf = io.BytesIO()
-    Image.fromarray((ramp[None, :] * np.ones((side, 1))).astype(np.uint8)).save(buf, "PNG", compress_level=9)
-    return buf.getvalue()
-
-
 def test_decode_budget_refuses_a_burst_of_near_limit_pngs(client_factory):
     """A batch of small files that each decode to millions of pixels: with room for one decode at a time
     and no wait, the first is decoded and the others get 503 server_busy in their own results."""
     from app.imaging.decode import probe
 
     side = 2400
-    data = near_limit_png(side)
+    data = ramp_png(side)
     cost = probe(data, max_pixels=side * side, min_dim=1024).cost_bytes
     c = client_factory(max_image_pixels=side * side, decode_memory_mb=cost * 1.5 / (1 << 20), decode_wait_s=0,
                        batch_concurrency=6)

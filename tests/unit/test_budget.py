@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from app.imaging.budget import MemoryBudget, ServerBusy
 from app.imaging.decode import decode_image, probe
-from tests.helpers import encode, photo
+from tests.helpers import encode, photo, ramp_png
 
 MiB = 1 << 20
 
@@ -75,22 +73,12 @@ def deque_empty():
     return deque()
 
 
-def near_limit_png(side: int, mode: str) -> bytes:
-    ramp = np.linspace(0, 255 if mode != "I;16" else 65535, side)
-    arr = (ramp[None, :] * np.ones((side, 1))).astype(np.uint16 if mode == "I;16" else np.uint8)
-    if mode == "RGBA":
-        arr = np.dstack([arr, arr, arr, np.full_like(arr, 200)])
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG", compress_level=9)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("mode", ["L", "I;16", "RGBA"])
 def test_near_limit_png_is_reduced_before_conversion_and_its_cost_is_known(mode):
     """A small file that decodes to millions of pixels: the estimate covers the decoder's buffer, and
     what is kept is no bigger than the analyses need (never a full-size RGB or float copy)."""
     side = 3000
-    data = near_limit_png(side, mode)
+    data = ramp_png(side, mode)
     assert len(data) < 200_000
     plan = probe(data, max_pixels=side * side, min_dim=1024, gray=False)
     bytes_per_px = {"L": 1, "I;16": 2, "RGBA": 4}[mode]
