@@ -1,5 +1,5 @@
 """Loupe: self-hosted image analysis."""
 
-from app.core.memory import tune_malloc
+from app.core.memory import limit_malloc_arenas
 
-tune_malloc()
+limit_malloc_arenas()

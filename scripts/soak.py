@@ -132,12 +132,14 @@ async def sample(pid: int, start: float, deadline: float, every: float, series: 
         print(f"  t={series[-1][0]:7.1f} s  RSS {series[-1][1]:8.1f} MiB", flush=True)
         await asyncio.sleep(every)
     series.append((time.monotonic() - start, rss_mib(pid)))
+    print(f"  t={series[-1][0]:7.1f} s  RSS {series[-1][1]:8.1f} MiB (end)", flush=True)
 
 
-def rss_at(series: list[tuple[float, float]], t: float) -> float:
-    """The largest RSS sampled in the 15 s up to `t` (a sample of the settled level, not a dip)."""
-    window = [r for s, r in series if t - 15 <= s <= t]
-    return max(window) if window else series[-1][1]
+def rss_at(series: list[tuple[float, float]], t: float, span: float) -> float:
+    """The largest RSS sampled from `span` seconds before `t` to just after it (the settled level,
+    not a dip between two collections); the nearest sample when none falls in that window."""
+    window = [r for s, r in series if t - span <= s <= t + 1.0]
+    return max(window) if window else min(series, key=lambda sr: abs(sr[0] - t))[1]
 
 
 def main() -> int:
@@ -158,8 +160,10 @@ def main() -> int:
     model_dir = tmp / "models"
     model_dir.mkdir()
     if args.models:
+        # exit status 1 = some models are not in that folder: the others are still copied
         subprocess.run([sys.executable, str(ROOT / "scripts/download_models.py"), "--from", str(args.models),
-                        "--model-dir", str(model_dir)], check=True, stdout=subprocess.DEVNULL)
+                        "--model-dir", str(model_dir)], check=False, stdout=subprocess.DEVNULL)
+        print(f"# models copied into MODEL_DIR: {', '.join(sorted(p.name for p in model_dir.iterdir())) or 'none'}")
     port = free_port()
     env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     for kv in args.env:
@@ -202,8 +206,9 @@ def main() -> int:
         end_t = series[-1][0]
         time.sleep(args.idle_s)
         idle = rss_mib(server.pid)
-        first = rss_at(series, min(60.0, end_t))
-        last = rss_at(series, end_t)
+        span = max(15.0, 1.5 * args.sample_s)
+        first = rss_at(series, min(60.0, end_t), span)
+        last = rss_at(series, end_t, span)
         peak = max(r for _, r in series)
         n = sum(load.status.values())
         lat = sorted(load.latencies) or [0.0]
