@@ -32,9 +32,14 @@ class BlurResult(AnalysisBase):
     laplacian_variance: float | None = ranged("Variance of the Laplacian of the grey image at the analysis size.", 0, None, True)
     sharpness_score: float | None = ranged("Sharpness mapped to 0..1 (0.5 at the threshold, 1 from 4x the threshold).", 0, 1, True)
     is_blurry: bool | None = Field(None, description="laplacian_variance < blur_threshold.")
-    noise_sigma: float | None = ranged("Estimated std of image noise in grey levels (robust Immerkaer estimate).", 0, None, False)
-    detail_variance: float | None = ranged("laplacian_variance minus the part noise explains (20·noise_sigma²); "
-                                           "the sharpness the quality score uses.", 0, None, True)
+    noise_sigma: float | None = ranged(
+        "Estimated std of the image's noise in grey levels at the analysis size (Immerkaer's operator, median "
+        "absolute response, clipped pixels left out).", 0, None, False)
+    laplacian_noise_variance: float | None = ranged(
+        "The part of laplacian_variance that noise explains, measured on the Laplacian itself (square of its "
+        "robust std; 20·noise_sigma² for white noise).", 0, None, False)
+    detail_variance: float | None = ranged("laplacian_variance minus laplacian_noise_variance: the sharpness the "
+                                           "quality score uses.", 0, None, True)
     analyzed_width_px: int | None = None
     analyzed_height_px: int | None = None
     thresholds: BlurThresholds
@@ -67,9 +72,10 @@ class ExposureResult(AnalysisBase):
 
 # --- quality ---------------------------------------------------------------------------
 class QualityComponent(BaseModel):
-    name: Literal["sharpness", "exposure", "brisque", "nima_technical"]
+    name: Literal["sharpness", "noise", "exposure", "brisque", "nima_technical"]
     raw: float = Field(description="The measurement as returned by its analysis (see raw_range and higher_is_better); "
-                                   "for sharpness, the noise-compensated Laplacian variance (blur.detail_variance).")
+                                   "for sharpness, the noise-compensated Laplacian variance (blur.detail_variance); "
+                                   "for noise, blur.noise_sigma.")
     raw_range: tuple[float | None, float | None]
     higher_is_better: bool
     score: float = ranged("The measurement mapped to 0..1.", 0, 1, True)

@@ -22,26 +22,59 @@ def laplacian_variance(gray: np.ndarray) -> float:
 
 #: Immerkaer's noise operator; its response to white noise of std σ has std 6σ (Σ m² = 36)
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-#: Σ k² of the 3x3 Laplacian above: white noise of std σ adds 20σ² to its variance
-LAPLACIAN_NOISE_GAIN = 20.0
+_MAD_TO_STD = 1.0 / 0.6745  # std of a zero-mean Gaussian = median(|x|) / 0.6745
+_CROSS = np.ones((3, 3), np.uint8)
+
+
+def _unclipped(gray: np.ndarray) -> np.ndarray:
+    """Interior pixels whose 3x3 neighbourhood holds no 0 or 255: clipping squeezes the noise there."""
+    lo = cv2.erode(gray, _CROSS)
+    hi = cv2.dilate(gray, _CROSS)
+    return ((lo > 0) & (hi < 255))[1:-1, 1:-1]
+
+
+def _robust_std(response: np.ndarray, keep: np.ndarray) -> float:
+    """MAD-based std of `response` over the unclipped pixels (all of them when too few are left)."""
+    values = np.abs(response[keep]) if keep.mean() >= 0.05 else np.abs(response)
+    return float(np.median(values)) * _MAD_TO_STD
 
 
 def noise_sigma(gray: np.ndarray) -> float:
-    """Robust estimate of the std of additive noise (grey levels): Immerkaer's operator with a
-    median (MAD) instead of the mean, so edges and texture barely count. An image with fewer
-    than 3 rows or columns has no interior to measure: 0 (no noise that can be told from detail)."""
+    """Std of additive noise in grey levels, at the scale of `gray`.
+
+    Immerkaer's operator (a difference of two Laplacians, blind to edges and to linear and
+    quadratic shading) with a median (MAD) instead of a mean, so that texture and edges, a minority
+    of pixels, barely move it; pixels next to clipped black or white are left out, where clipping
+    hides noise. Measured on skimage's photos with Gaussian noise of std 2–50 added at this scale:
+    within ±20 % for 96 % of (photo, std) pairs of soft photos (scripts/bench.py noise). An image
+    with fewer than 3 rows or columns has no interior to measure: 0."""
     if min(gray.shape[:2]) < 3:
         return 0.0
     r = cv2.filter2D(gray, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
-    return float(np.median(np.abs(r))) / (0.6745 * 6.0)
+    return _robust_std(r, _unclipped(gray)) / 6.0
 
 
-def noise_compensated_variance(variance: float, sigma: float) -> float:
-    """Laplacian variance minus what noise of std `sigma` contributes (20σ²): detail, not grain.
+def laplacian_noise_variance(gray: np.ndarray) -> float:
+    """What noise adds to `laplacian_variance(gray)`, measured on the Laplacian itself: the square of
+    its robust (MAD) std over the unclipped pixels.
+
+    Edges and texture make the Laplacian's tails, which carry its variance; the bulk of its values,
+    which the median sees, is noise. For white noise of std σ this is 20σ² (the kernel's Σk²), but
+    noise that a resize made spatially correlated (any photo larger than ANALYSIS_MAX_DIM) feeds the
+    Laplacian differently than 20σ² says, so a correction from σ alone under-compensates and lets
+    grain pass for detail. 0 for images with fewer than 3 rows or columns."""
+    if min(gray.shape[:2]) < 3:
+        return 0.0
+    lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
+    return _robust_std(lap, _unclipped(gray)) ** 2
+
+
+def noise_compensated_variance(variance: float, noise_variance: float) -> float:
+    """Laplacian variance minus what noise contributes to it (`laplacian_noise_variance`): detail, not grain.
 
     Noise raises the raw variance (a noisy blurred photo can look sharp); the quality score
     uses this one so that adding noise never buys a better sharpness component."""
-    return max(variance - LAPLACIAN_NOISE_GAIN * sigma * sigma, 1e-6)
+    return max(variance - noise_variance, 1e-6)
 
 
 def is_blurry(variance: float, threshold: float) -> bool:

@@ -173,6 +173,7 @@ class Orchestrator:
         var = blur_svc.laplacian_variance(gray)
         t1 = time.perf_counter()
         out["noise_sigma"] = blur_svc.noise_sigma(gray)
+        out["laplacian_noise_variance"] = blur_svc.laplacian_noise_variance(gray)
         stats = exp_svc.exposure_stats(gray)
         t2 = time.perf_counter()
         out["laplacian_variance"] = var
@@ -306,9 +307,14 @@ class Orchestrator:
         return S.BlurResult(status="ok", laplacian_variance=round(var, 4),
                             sharpness_score=round(blur_svc.sharpness_score(var, t), 4),
                             noise_sigma=round(sigma, 4),
-                            detail_variance=round(blur_svc.noise_compensated_variance(var, sigma), 4),
+                            laplacian_noise_variance=round(it.gate["laplacian_noise_variance"], 4),
+                            detail_variance=round(self.detail_variance(it), 4),
                             is_blurry=blur_svc.is_blurry(var, t), analyzed_width_px=w, analyzed_height_px=h,
                             thresholds=self.blur_thresholds())
+
+    @staticmethod
+    def detail_variance(it: Ingested) -> float:
+        return blur_svc.noise_compensated_variance(it.gate["laplacian_variance"], it.gate["laplacian_noise_variance"])
 
     def _exposure_score(self, st: exp_svc.ExposureStats) -> float:
         s = self.settings
@@ -332,9 +338,11 @@ class Orchestrator:
         missing: dict[str, str] = {}
         raw: dict[str, float] = {}
         w = score_svc.WEIGHTS
-        var = blur_svc.noise_compensated_variance(it.gate["laplacian_variance"], it.gate["noise_sigma"])
+        var = self.detail_variance(it)
         comps.append(score_svc.Component("sharpness", var, (0.0, None), True,
                                          blur_svc.sharpness_score(var, self.settings.blur_threshold), w["sharpness"]))
+        sigma = it.gate["noise_sigma"]
+        comps.append(score_svc.Component("noise", sigma, (0.0, None), False, score_svc.noise_to_unit(sigma), w["noise"]))
         st = it.gate["exposure"]
         exp_score = self._exposure_score(st)
         comps.append(score_svc.Component("exposure", exp_score, (0.0, 1.0), True, exp_score, w["exposure"]))

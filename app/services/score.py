@@ -1,4 +1,4 @@
-"""The 0–1 quality score: one number from blur, exposure, BRISQUE and NIMA technical.
+"""The 0–1 quality score: one number from blur, noise, exposure, BRISQUE and NIMA technical.
 
 Each available measurement is mapped to 0..1 (higher = better) by a monotone,
 clamped function, then the mapped values are combined by a weighted geometric
@@ -9,7 +9,8 @@ exposure error can never raise the score through the combination itself. One
 bad component pulls the score down hard (a very blurred photo cannot be "good"
 because its exposure is fine), unlike an arithmetic mean.
 
-    sharpness  = blur.sharpness_score                  (0.5 at BLUR_THRESHOLD)          weight 1.0
+    sharpness  = blur.sharpness_score of detail_variance (0.5 at BLUR_THRESHOLD)        weight 1.0
+    noise      = 1 - log(σ/1)/log(16), clamped         (1 at σ ≤ 1, 0.5 at 4, 0 at ≥ 16) weight 1.0
     exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
     brisque    = clamp((75 - BRISQUE) / 60)            (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
     nima_tech  = clamp((NIMA_koniq - lo) / (hi - lo))  (its native range, linear)        weight 1.5
@@ -31,9 +32,11 @@ BANDS: tuple[tuple[str, float, float], ...] = (
     ("excellent", 0.85, 1.0000001),
 )
 
-WEIGHTS = {"sharpness": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
+WEIGHTS = {"sharpness": 1.0, "noise": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
 FLOOR = 0.01
 BRISQUE_GOOD, BRISQUE_BAD = 15.0, 75.0
+#: noise std (grey levels, at the analysis size) that scores 1 and 0; linear in log σ between them
+NOISE_CLEAN, NOISE_BAD = 2.0, 16.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,13 @@ def clamp01(x: float) -> float:
 
 def brisque_to_unit(brisque: float) -> float:
     return clamp01((BRISQUE_BAD - brisque) / (BRISQUE_BAD - BRISQUE_GOOD))
+
+
+def noise_to_unit(sigma: float) -> float:
+    """1 at σ ≤ 1 grey level (clean), 0.5 at 4, 0 at ≥ 16; linear in log σ (each doubling costs 0.25)."""
+    if sigma <= NOISE_CLEAN:
+        return 1.0
+    return clamp01(1.0 - math.log(sigma / NOISE_CLEAN) / math.log(NOISE_BAD / NOISE_CLEAN))
 
 
 def range_to_unit(value: float, lo: float, hi: float) -> float:
