@@ -10,7 +10,7 @@ bad component pulls the score down hard (a very blurred photo cannot be "good"
 because its exposure is fine), unlike an arithmetic mean.
 
     sharpness  = blur.sharpness_score of detail_variance (0.5 at BLUR_THRESHOLD)        weight 1.0
-    noise      = 1 - log(σ/1)/log(16), clamped         (1 at σ ≤ 1, 0.5 at 4, 0 at ≥ 16) weight 1.0
+    noise      = 1 - log(σ/2)/log(8), clamped          (1 at σ ≤ 2, 0.5 at 5.7, 0 at ≥ 16) weight 1.0
     exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
     brisque    = clamp((75 - BRISQUE) / 60)            (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
     nima_tech  = clamp((NIMA_koniq - lo) / (hi - lo))  (its native range, linear)        weight 1.5
@@ -58,7 +58,8 @@ def brisque_to_unit(brisque: float) -> float:
 
 
 def noise_to_unit(sigma: float) -> float:
-    """1 at σ ≤ 1 grey level (clean), 0.5 at 4, 0 at ≥ 16; linear in log σ (each doubling costs 0.25)."""
+    """1 at σ ≤ 2 grey levels (what clean photos read: fine texture passes for noise of std 1–2), 0.5 at
+    5.7, 0 at ≥ 16; linear in log σ (each doubling costs a third)."""
     if sigma <= NOISE_CLEAN:
         return 1.0
     return clamp01(1.0 - math.log(sigma / NOISE_CLEAN) / math.log(NOISE_BAD / NOISE_CLEAN))
