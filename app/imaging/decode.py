@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from app.imaging.jpeg import estimate_quality
 
 # We do our own pixel-count check; let Pillow not second-guess it with warnings.
 Image.MAX_IMAGE_PIXELS = None
@@ -88,6 +89,7 @@ class DecodedImage:
     format: str
     n_bytes: int
     frames: int = 1
+    jpeg_quality: int | None = None  # IJG quality estimated from the quantisation tables (JPEG only)
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -331,6 +333,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
             _open(data, fmt).verify()
         img = _open(data, fmt)
         plan = _plan(img, fmt, max_pixels=max_pixels, min_dim=min_dim, gray=gray)
+        jpeg_quality = estimate_quality(getattr(img, "quantization", None)) if fmt == "JPEG" else None
         img.load()
         img = _reduce(img, reduce_factor(img.size, min_dim))
         if plan.orientation != 1:
@@ -339,4 +342,4 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
     if pixels.size == 0 or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise InvalidImage("The image decoded to no usable pixels.")
     return DecodedImage(pixels=pixels, width=plan.width, height=plan.height, sha256=sha, format=fmt,
-                        n_bytes=len(data), frames=plan.frames)
+                        n_bytes=len(data), frames=plan.frames, jpeg_quality=jpeg_quality)

@@ -161,6 +161,9 @@ class ImageResult(BaseModel):
     height_px: int | None = None
     format: str | None = Field(None, description="Format sniffed from the bytes.")
     sha256: str | None = Field(None, description="SHA-256 of the image bytes.")
+    jpeg_quality: int | None = ranged(
+        "JPEG only: the IJG quality setting (1–100) closest to the file's quantisation tables; a re-save at a "
+        "lower setting reads lower. Null for other formats.", 1, 100, True)
     blur: BlurResult | None = None
     exposure: ExposureResult | None = None
     quality: QualityResult | None = None

@@ -62,7 +62,10 @@ class PhotoSetRequest(BaseModel):
 class RankedMember(BaseModel):
     image_id: str
     rank: int = Field(description="1 = best in its group.")
-    quality_score: float | None = ranged("The score members are ranked by (the 0–1 quality score, or the blur/exposure fallback).", 0, 1, True)
+    quality_score: float | None = ranged(
+        "The group score members are ranked by: the 0–1 quality score with sharpness measured at the group's "
+        "common size, combined with a resolution term (pixels over the group's largest) and a compression term "
+        "(JPEG quality over the group's best; lossless = 100).", 0, 1, True)
     ranked_by: Literal["quality_score", "sharpness_exposure"]
     is_best: bool
     rejected_reason: str | None = Field(None, description="Why this shot lost to the best one (null for the best).")

@@ -264,6 +264,7 @@ class Orchestrator:
         img = it.image
         if img is not None:
             res.width_px, res.height_px, res.format, res.sha256 = img.width, img.height, img.format, img.sha256
+            res.jpeg_quality = img.jpeg_quality
             if plan.blur:
                 res.blur = self.blur_result(it)
             if plan.exposure:

@@ -7,21 +7,33 @@ at most `hash_max_distance` bits (re-saves, resizes, small crops, brightness
 changes) or, with CLIP, when DBSCAN (min_samples=2, so every linked pair is a
 core pair) puts them in one cluster at cosine distance `eps` (same scene, a
 burst with small movements). Groups are the connected components of the union
-of both link kinds. Members are ranked by the 0–1 quality score; ties fall to
-sharpness, then resolution.
+of both link kinds.
+
+Members are compared on equal terms (`equal_terms`): sharpness is measured again on copies of
+every member brought to the group's smallest common size (detail per pixel rises when an image
+is shrunk, so a downscaled re-save would otherwise look sharper than its source), and resolution
+and compression count: the group score is the member's quality score with that common-size
+sharpness, combined (the same weighted geometric mean) with a resolution term (its pixels over
+the group's largest, to the power 1/2 inside the mean) and a compression term (its JPEG quality,
+estimated from the quantisation tables, over the group's best; lossless formats count as 100).
+Ties (scores within 0.01) fall to common-size sharpness, then resolution.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from app.imaging.decode import resize_max
 from app.imaging.sources import ImageSource
 from app.schemas import cluster as C
+from app.services import blur as blur_svc
 from app.services import cluster as cluster_svc
 from app.services import phash as phash_svc
+from app.services import score as score_svc
 from app.services.orchestrator import Ingested, Orchestrator, Plan
 
 
@@ -32,9 +44,12 @@ class Candidate:
     image_id: str
     score: float
     ranked_by: str
-    sharpness: float
+    sharpness: float  # detail variance at the group's common size
     pixels: int
     facts: dict
+    width: int = 0
+    height: int = 0
+    jpeg_quality: int | None = None
 
 
 class UnionFind:
@@ -70,55 +85,108 @@ def embedding_links(vectors: np.ndarray, eps: float) -> list[tuple[int, int]]:
     return links
 
 
-def candidate(it: Ingested, result) -> Candidate:
+def common_size_detail(items: list[Ingested], analysis_max_dim: int) -> tuple[int, list[float]]:
+    """The group's smallest common longest side, and each member's noise-compensated Laplacian
+    variance measured on its grey copy brought to that size."""
+    grays = [it.image.gray_max(analysis_max_dim) for it in items]
+    common = min(max(g.shape[:2]) for g in grays)
+    details = []
+    for g in grays:
+        small = resize_max(g, common)
+        details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small),
+                                                          blur_svc.laplacian_noise_variance(small)))
+    return common, details
+
+
+def candidate(it: Ingested, result, detail: float, blur_threshold: float, max_pixels: int,
+              best_jpeg: int) -> Candidate:
+    """A member with its group score: the quality components, sharpness replaced by the common-size one,
+    plus resolution and compression terms relative to the group."""
     q = result.quality
-    comps = {c.name for c in (q.components if q is not None else [])}
-    model_based = bool(comps & {"brisque", "nima_technical"})
-    var = it.gate.get("laplacian_variance", 0.0)
+    comps = list(q.components if q is not None else [])
+    names = {c.name for c in comps}
+    model_based = bool(names & {"brisque", "nima_technical"})
+    pixels = it.image.width * it.image.height
+    jpeg = it.image.jpeg_quality if it.image.jpeg_quality is not None else 100
+    terms = [score_svc.Component(c.name, c.raw, c.raw_range, c.higher_is_better, c.score, c.weight)
+             for c in comps if c.name != "sharpness"]
+    terms.append(score_svc.Component("sharpness", detail, (0.0, None), True,
+                                     blur_svc.sharpness_score(detail, blur_threshold), score_svc.WEIGHTS["sharpness"]))
+    terms.append(score_svc.Component("resolution", pixels / max_pixels, (0.0, 1.0), True,
+                                     math.sqrt(pixels / max_pixels), 1.0))
+    terms.append(score_svc.Component("compression", jpeg / best_jpeg, (0.0, 1.0), True, min(1.0, jpeg / best_jpeg), 1.0))
+    group_score = score_svc.combine(terms) or 0.0
     facts = {
         "quality": q.score if q is not None else None,
         "band": q.band if q is not None else None,
-        "laplacian_variance": var,
+        "laplacian_variance": it.gate.get("laplacian_variance", 0.0),
         "is_blurry": result.blur.is_blurry if result.blur else None,
         "exposure_verdict": result.exposure.verdict if result.exposure else None,
-        "blur_threshold": result.blur.thresholds.blur_threshold if result.blur else None,
+        "blur_threshold": blur_threshold,
     }
-    return Candidate(index=it.index, image_id=it.image_id, score=float(q.score if q and q.score is not None else 0.0),
+    return Candidate(index=it.index, image_id=it.image_id, score=float(group_score),
                      ranked_by="quality_score" if model_based else "sharpness_exposure",
-                     sharpness=float(var), pixels=(it.image.width * it.image.height) if it.image else 0, facts=facts)
+                     sharpness=float(detail), pixels=pixels, facts=facts, width=it.image.width,
+                     height=it.image.height, jpeg_quality=it.image.jpeg_quality)
 
 
 def describe(c: Candidate) -> str:
     f = c.facts
-    parts = [f"quality {c.score:.2f} ({f['band']})"]
-    parts.append(f"Laplacian variance {f['laplacian_variance']:.0f}"
+    parts = [f"group score {c.score:.2f} (quality {f['quality']:.2f}, {f['band']})" if f["quality"] is not None
+             else f"group score {c.score:.2f}"]
+    parts.append(f"{c.width}×{c.height} px" + (f", JPEG quality {c.jpeg_quality}" if c.jpeg_quality else ""))
+    parts.append(f"detail {c.sharpness:.0f} at the common size"
                  + (" — blurry" if f["is_blurry"] else ""))
     if f["exposure_verdict"] and f["exposure_verdict"] != "ok":
         parts.append(f["exposure_verdict"])
     return ", ".join(parts)
 
 
-#: quality scores closer than this count as a tie (sharpness then decides): differences below
-#: 0.01 come from JPEG noise in the exposure histogram, not from a visible difference
+#: group scores within this of the best count as a tie: differences below 0.01 come from JPEG
+#: noise in the exposure histogram, not from a visible difference. A tie goes to the larger image
+#: (a crop or a smaller copy of the same scene holds less), then to common-size sharpness.
 SCORE_TIE = 2  # decimals
+TIE = 0.01
 
 
 def rank_group(members: list[Candidate]) -> list[Candidate]:
-    return sorted(members, key=lambda c: (-round(c.score, SCORE_TIE), -c.sharpness, -c.pixels, c.index))
+    """Best first. Members whose group score is within TIE of the best are ranked among themselves by
+    pixels, then sharpness at the common size; the rest follow by score, and so on down the list."""
+    rest = sorted(members, key=lambda c: (-c.score, c.index))
+    ranked: list[Candidate] = []
+    while rest:
+        top = rest[0].score
+        tied = [c for c in rest if top - c.score < TIE]
+        ranked += sorted(tied, key=lambda c: (-c.pixels, -c.sharpness, c.index))
+        rest = [c for c in rest if top - c.score >= TIE]
+    return ranked
+
+
+def resolution_words(loser: Candidate, best: Candidate) -> str:
+    linear = math.sqrt(loser.pixels / best.pixels)
+    for frac, words in ((0.5, "1/2"), (1 / 3, "1/3"), (0.25, "1/4"), (2 / 3, "2/3"), (0.75, "3/4")):
+        if abs(linear - frac) < 0.03:
+            return f"same scene at {words} the resolution ({loser.width}×{loser.height} vs {best.width}×{best.height})"
+    return (f"same scene at {linear:.0%} of the resolution ({loser.width}×{loser.height} vs "
+            f"{best.width}×{best.height})")
 
 
 def rejection(loser: Candidate, best: Candidate) -> str:
     why = []
     if round(loser.score, SCORE_TIE) < round(best.score, SCORE_TIE):
-        why.append(f"lower quality score {loser.score:.2f} < {best.score:.2f}")
+        why.append(f"lower group score {loser.score:.2f} < {best.score:.2f}")
     if loser.facts["is_blurry"]:
-        why.append(f"blurry (Laplacian variance {loser.sharpness:.0f} < BLUR_THRESHOLD {loser.facts['blur_threshold']:g})")
-    elif loser.sharpness < best.sharpness:
-        why.append(f"less sharp (Laplacian variance {loser.sharpness:.0f} < {best.sharpness:.0f})")
+        why.append(f"blurry (Laplacian variance {loser.facts['laplacian_variance']:.0f} < BLUR_THRESHOLD "
+                   f"{loser.facts['blur_threshold']:g})")
+    elif loser.sharpness < 0.9 * best.sharpness:
+        why.append(f"less sharp at the common size (detail {loser.sharpness:.0f} < {best.sharpness:.0f})")
+    if loser.pixels < 0.95 * best.pixels:
+        why.append(resolution_words(loser, best))
+    lq, bq = loser.jpeg_quality or 100, best.jpeg_quality or 100
+    if lq < bq - 2:
+        why.append(f"JPEG quality {lq} vs {bq}" if best.jpeg_quality else f"JPEG quality {lq} vs a lossless original")
     if loser.facts["exposure_verdict"] not in (None, "ok"):
         why.append(loser.facts["exposure_verdict"])
-    if not why and loser.pixels < best.pixels:
-        why.append(f"smaller ({loser.pixels} < {best.pixels} pixels)")
     return "; ".join(why) or "equal scores; kept the earlier shot"
 
 
@@ -162,13 +230,18 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
         if len(members) == 1:
             singletons.append(ok[members[0]].image_id)
             continue
-        cands = [candidate(ok[k], by_index[ok[k].index]) for k in members]
+        group = [ok[k] for k in members]
+        common, details = await orch.in_pool(common_size_detail, group, orch.settings.analysis_max_dim)
+        max_pixels = max(it.image.width * it.image.height for it in group)
+        best_jpeg = max(it.image.jpeg_quality if it.image.jpeg_quality is not None else 100 for it in group)
+        cands = [candidate(it, by_index[it.index], d, orch.settings.blur_threshold, max_pixels, best_jpeg)
+                 for it, d in zip(group, details)]
         ranked = rank_group(cands)
         best = ranked[0]
         runner = ranked[1]
         kinds = sorted({kind for (a, b), ks in links.items() if a in members and b in members for kind in ks})
-        reason = (f"{best.image_id} ranks first by {best.ranked_by.replace('_', ' ')}: {describe(best)}; "
-                  f"next best {runner.image_id}: {describe(runner)}.")
+        reason = (f"{best.image_id} ranks first by {best.ranked_by.replace('_', ' ')}, compared at {common} px "
+                  f"(longest side): {describe(best)}; next best {runner.image_id}: {describe(runner)}.")
         groups.append(C.PhotoGroup(
             group_id=0, size=len(ranked), best_image_id=best.image_id, reason=reason, linked_by=kinds,
             members=[C.RankedMember(image_id=c.image_id, rank=r + 1, quality_score=round(c.score, 4),

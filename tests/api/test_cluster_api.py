@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import numpy as np
 import pytest
@@ -143,3 +144,63 @@ def test_photo_set_ids_must_be_unique_and_limit(client_factory):
     assert r.status_code == 422 and "more than once" in r.json()["error"]["message"]
     r = c.post("/v1/cluster/images", json={"images": [img, img, img]})
     assert r.status_code == 413 and r.json()["error"]["detail"]["max_cluster_images"] == 2
+
+
+BURST_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "camera", "immunohistochemistry", "moon")
+
+
+def burst(rgb):
+    """The original and three worse copies of one shot: a 70 % downscaled JPEG q70 re-save, a 6 % crop
+    (3 % off each side) and a darker, slightly soft copy."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    dy, dx = int(h * 0.03), int(w * 0.03)
+    return {
+        "orig": encode(rgb, quality=92),
+        "small": encode(cv2.resize(rgb, (int(w * 0.7), int(h * 0.7)), interpolation=cv2.INTER_AREA), quality=70),
+        "crop": encode(np.ascontiguousarray(rgb[dy:h - dy, dx:w - dx]), quality=92),
+        "darksoft": encode(gaussian_blur(exposure(rgb, 0.6), 1.0), quality=92),
+    }
+
+
+def test_the_original_is_the_best_shot_of_its_burst(client_factory, tmp_path):
+    """Members are compared at the group's common size, and resolution and JPEG quality count: the original
+    wins over its smaller re-save, its crop and a darker soft copy (gate only, and with the real BRISQUE and
+    NIQE when ../shared/weights has them)."""
+    import shutil
+
+    from tests.helpers import SHARED_WEIGHTS
+
+    configs = [{}]
+    if (SHARED_WEIGHTS / "brisque_libsvm_live").is_dir() and (SHARED_WEIGHTS / "niqe_live").is_dir():
+        md = tmp_path / "models"
+        shutil.copytree(SHARED_WEIGHTS / "brisque_libsvm_live", md / "brisque")
+        shutil.copytree(SHARED_WEIGHTS / "niqe_live", md / "niqe")
+        configs.append({"model_dir": md})
+    for cfg in configs:
+        c = client_factory(**cfg)
+        wins = 0
+        for name in BURST_PHOTOS:
+            shots = burst(photo(name))
+            body = c.post("/v1/cluster/images",
+                          json={"images": [{"base64": b64(v), "image_id": k} for k, v in shots.items()]}).json()
+            [group] = [g for g in body["groups"] if "orig" in {m["image_id"] for m in g["members"]}]
+            wins += group["best_image_id"] == "orig"
+            why = {m["image_id"]: m["rejected_reason"] for m in group["members"]}
+            if "small" in why and group["best_image_id"] == "orig":
+                assert "JPEG quality 70 vs 92" in why["small"] and "70% of the resolution" in why["small"]
+        assert wins >= 0.9 * len(BURST_PHOTOS), (cfg, wins)
+
+
+def test_jpeg_quality_is_read_from_the_quantisation_tables(client):
+    from PIL import Image
+
+    from app.imaging.jpeg import estimate_quality
+
+    for q in (98, 92, 85, 70, 50, 30, 10):
+        data = encode(photo("coffee"), quality=q)
+        assert estimate_quality(Image.open(io.BytesIO(data)).quantization) == q
+        assert client.post("/v1/analyze", json={"image": {"base64": b64(data)}}).json()["result"]["jpeg_quality"] == q
+    png = client.post("/v1/analyze", json={"image": {"base64": b64(encode(photo("coffee"), "PNG"))}}).json()
+    assert png["result"]["jpeg_quality"] is None
