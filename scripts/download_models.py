@@ -33,6 +33,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "yunet": ("face_yunet",),
     "laion_aesthetic": ("aesthetic_laion_v1_linear",),
     "emotion_mini_xception": ("emotion_fer_mini_xception",),
+    "mobilenet": ("imagenet_mobilenet_tflite",),
 }
 
 

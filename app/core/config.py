@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     emotion_model: Literal["deepface", "mini_xception"] = "deepface"
     emotion_mini_xception_path: str = ""
     face_score_threshold: float = Field(default=0.8, gt=0, lt=1)
+    mobilenet_path: str = ""
+    mobilenet_min_cosine: float = Field(default=0.77, gt=0, le=1)  # near-duplicate link threshold
 
     # --- photo sets / clustering --------------------------------------------
     max_cluster_items: int = Field(default=100_000, ge=1)

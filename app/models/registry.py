@@ -42,6 +42,7 @@ CATALOG: dict[str, str] = {
     "laion_aesthetic": "app.models.clip:LaionAestheticAdapter",
     "faces": "app.models.faces:YunetAdapter",
     "emotion": "app.models.faces:EmotionAdapter",
+    "mobilenet": "app.models.mobilenet:MobileNetEmbedAdapter",
 }
 
 FAILED_RETRY_S = 30.0

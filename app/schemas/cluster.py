@@ -50,7 +50,8 @@ class PhotoSetRequest(BaseModel):
     hash_max_distance: int = Field(12, ge=0, le=32, description="Max Hamming distance (of 64 bits) between perceptual hashes for "
                                    "near-exact duplicates. 12 covers re-saves, resizes, ±20 % exposure, crops of ≤ 5 % of the area and "
                                    "shifts of ≤ 2 %, while distinct natural photos measured ≥ 22 apart.")
-    use_embeddings: bool = Field(True, description="Use CLIP embeddings when the model is ready.")
+    use_embeddings: bool = Field(True, description="Link near-duplicates by embedding too: CLIP when it is ready, "
+                                                   "else the MobileNet embedding when its model is there.")
     rank_by_quality_models: bool = Field(True, description="Rank with the full quality score (BRISQUE/NIMA when available); false = blur/exposure only, faster.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
@@ -77,7 +78,9 @@ class PhotoGroup(BaseModel):
     best_image_id: str
     reason: str = Field(description="Why the best shot won, in words, with the numbers.")
     members: list[RankedMember] = Field(description="Best first.")
-    linked_by: list[Literal["phash", "embedding"]] = Field(description="Which features linked this group.")
+    linked_by: list[Literal["phash", "embedding", "mobilenet"]] = Field(
+        description="Which features linked this group: perceptual hash, CLIP embedding (DBSCAN at eps), MobileNet "
+                    "embedding (cosine >= MOBILENET_MIN_COSINE).")
 
 
 class FailedImage(BaseModel):
@@ -87,7 +90,7 @@ class FailedImage(BaseModel):
 
 class PhotoSetResponse(BaseModel):
     api_version: str = "v1"
-    features_used: list[Literal["phash", "clip_embedding"]]
+    features_used: list[Literal["phash", "clip_embedding", "mobilenet"]]
     params: dict[str, float | int | str | bool]
     groups: list[PhotoGroup] = Field(description="Groups of 2+ near-duplicate shots, largest first.")
     singletons: list[str] = Field(description="image_ids with no near-duplicate.")

@@ -52,6 +52,7 @@ class Plan:
     embedding: bool = False
     faces: bool = False
     quality_models: bool = True  # False: the quality score from blur and exposure alone (no model runs)
+    mobilenet: bool = False  # the MobileNet embedding (photo-set grouping without CLIP)
 
     @classmethod
     def from_flags(cls, flags: RunFlags) -> "Plan":
@@ -77,6 +78,8 @@ class Plan:
             names.append("emotion")
         if self.faces:
             names.append("faces")
+        if self.mobilenet:
+            names.append("mobilenet")
         return names
 
     @property

@@ -6,7 +6,9 @@ ready). Two images are linked when their 64-bit DCT perceptual hashes differ in
 at most `hash_max_distance` bits (re-saves, resizes, small crops, brightness
 changes) or, with CLIP, when DBSCAN (min_samples=2, so every linked pair is a
 core pair) puts them in one cluster at cosine distance `eps` (same scene, a
-burst with small movements). Groups are the connected components of the union
+burst with small movements), or, when CLIP is not ready but the MobileNet
+embedding is, when their MobileNet cosine is at least MOBILENET_MIN_COSINE
+(crops and re-framings that move the perceptual hash too far). Groups are the connected components of the union
 of both link kinds.
 
 Members are compared on equal terms (`equal_terms`): sharpness is measured again on copies of
@@ -96,6 +98,13 @@ def common_size_detail(items: list[Ingested], analysis_max_dim: int) -> tuple[in
         details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small),
                                                           blur_svc.laplacian_noise_variance(small)))
     return common, details
+
+
+def cosine_links(vectors: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
+    """Pairs (i < j) of L2-normalised vectors whose cosine is at least `min_cosine` (a photo set is at
+    most MAX_CLUSTER_IMAGES, so the N x N product is small)."""
+    close = np.triu(vectors @ vectors.T >= min_cosine, k=1)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(close))]
 
 
 def candidate(it: Ingested, result, detail: float, blur_threshold: float, max_pixels: int,
@@ -196,7 +205,11 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
     clip_info = registry.describe("clip")
     use_clip = req.use_embeddings and (clip_info["state"] == "ready"
                                        or (clip_info["files_present"] and clip_info["state"] != "failed"))
-    plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=req.rank_by_quality_models)
+    mobile_info = registry.describe("mobilenet")
+    use_mobilenet = req.use_embeddings and not use_clip and mobile_info["files_present"] \
+        and mobile_info["state"] != "failed"
+    plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=req.rank_by_quality_models,
+                mobilenet=use_mobilenet)
     items = await orch.process(sources, plan)
     results = [orch.assemble(it, plan) for it in items]
     ok = [it for it in items if it.image is not None]
@@ -215,6 +228,13 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
             i, j = sorted((with_emb[a], with_emb[b]))
             links.setdefault((i, j), set()).add("embedding")
         features.append("clip_embedding")
+    with_mobile = [k for k, it in enumerate(ok)
+                   if it.models.get("mobilenet") is not None and not isinstance(it.models["mobilenet"], BaseException)]
+    if use_mobilenet and len(with_mobile) >= 2:
+        vectors = np.stack([np.asarray(ok[k].models["mobilenet"], dtype=np.float32) for k in with_mobile])
+        for a, b in cosine_links(vectors, orch.settings.mobilenet_min_cosine):
+            links.setdefault((with_mobile[a], with_mobile[b]), set()).add("mobilenet")
+        features.append("mobilenet")
 
     uf = UnionFind(len(ok))
     for a, b in links:

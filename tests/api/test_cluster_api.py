@@ -204,3 +204,43 @@ def test_jpeg_quality_is_read_from_the_quantisation_tables(client):
         assert client.post("/v1/analyze", json={"image": {"base64": b64(data)}}).json()["result"]["jpeg_quality"] == q
     png = client.post("/v1/analyze", json={"image": {"base64": b64(encode(photo("coffee"), "PNG"))}}).json()
     assert png["result"]["jpeg_quality"] is None
+
+
+def test_bursts_are_grouped_without_clip_by_phash_and_mobilenet(client_factory, tmp_path):
+    """Bursts of 8 real photos (original, 70 % JPEG q70 re-save, 6 % crop, darker soft copy) and 6 other
+    photos: with the real MobileNetV1 embedding the linked pairs have precision and recall >= 0.95."""
+    import itertools
+    import shutil
+
+    from tests.helpers import SHARED_WEIGHTS
+
+    src = SHARED_WEIGHTS / "imagenet_mobilenet_tflite"
+    if not src.is_dir():
+        pytest.skip(f"real weights not available: {src} is missing")
+    md = tmp_path / "models"
+    shutil.copytree(src, md / "mobilenet")
+    images = {}
+    for name in BURST_PHOTOS:
+        for kind, data in burst(photo(name)).items():
+            images[f"{name}/{kind}"] = data
+    for name in ("hubble_deep_field", "retina", "brick", "gravel", "colorwheel", "clock"):
+        images[f"{name}/orig"] = encode(photo(name), quality=92)
+    payload = {"images": [{"base64": b64(v), "image_id": k} for k, v in images.items()]}
+    truth = {(a, b) for a, b in itertools.combinations(sorted(images), 2) if a.split("/")[0] == b.split("/")[0]}
+
+    def linked(body):
+        pairs = set()
+        for g in body["groups"]:
+            pairs |= set(itertools.combinations(sorted(m["image_id"] for m in g["members"]), 2))
+        return pairs
+
+    phash_only = linked(client_factory(max_cluster_images=64).post("/v1/cluster/images", json=payload).json())
+    body = client_factory(model_dir=md, max_cluster_images=64).post("/v1/cluster/images", json=payload).json()
+    assert body["features_used"] == ["phash", "mobilenet"]
+    found = linked(body)
+    precision = len(found & truth) / max(1, len(found))
+    recall = len(found & truth) / len(truth)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall, sorted(truth - found)[:6])
+    assert len(phash_only - truth) == 0  # the hash alone links nothing wrong either ...
+    # ... and the embedding links the copies on its own: every burst group has MobileNet links
+    assert sum("mobilenet" in g["linked_by"] for g in body["groups"]) == len(BURST_PHOTOS)
