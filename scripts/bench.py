@@ -4,6 +4,7 @@
     python scripts/bench.py gate      # blur/exposure gate: images/s in-process and requests/s over HTTP
     python scripts/bench.py models    # full analysis: ms/image at batch 1 and 16 vs a sequential pipeline, peak RSS
     python scripts/bench.py cluster   # DBSCAN on 10k and 100k x 512 vectors vs scikit-learn's brute DBSCAN
+    python scripts/bench.py features  # noise measures and the MobileNet embedding, ms per image
     python scripts/bench.py all
 
 Each section prints a table; `--json FILE` also writes the figures.
@@ -216,9 +217,57 @@ def bench_cluster_http(n: int) -> dict:
 
 
 # --------------------------------------------------------------------------- main
+def bench_features(args) -> dict:
+    """Per-image cost of the photo-set features at the analysis size: the noise measures against the
+    Laplacian variance they correct (the baseline), and the MobileNet embedding against the perceptual
+    hash (the feature that needs no model)."""
+    from app.core.config import Settings
+    from app.imaging.decode import decode_image
+    from app.services import blur, phash
+
+    settings = Settings(_env_file=None)
+    images = [decode_image(d, max_pixels=settings.max_image_pixels, min_dim=settings.analysis_max_dim)
+              for d in photos_1080p(12)]
+    grays = [im.gray_max(settings.analysis_max_dim) for im in images]
+
+    def per_image(fn, items, rounds=5) -> float:
+        fn(items[0])
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for x in items:
+                fn(x)
+            best = min(best, (time.perf_counter() - t0) / len(items))
+        return best * 1000
+
+    rows = [("baseline: Laplacian variance", per_image(blur.laplacian_variance, grays)),
+            ("noise_sigma (Immerkaer MAD, unclipped pixels)", per_image(blur.noise_sigma, grays)),
+            ("laplacian_noise_variance (Laplacian MAD)", per_image(blur.laplacian_noise_variance, grays)),
+            ("baseline: 64-bit DCT perceptual hash", per_image(lambda g: phash.phash64(g), grays))]
+    weights = ROOT.parent / "shared" / "weights" / "imagenet_mobilenet_tflite"
+    if weights.is_dir():
+        from app.models.mobilenet import MobileNetEmbedAdapter
+
+        mob = MobileNetEmbedAdapter(settings)
+        mob.load(weights, "cpu")
+        rows.append(("MobileNet embedding (prepare + LiteRT invoke)", per_image(lambda im: mob.predict([mob.prepare(im)]),
+                                                                           images)))
+    else:
+        print(f"(MobileNet skipped: {weights} not found)")
+    print("\n## features: ms per 1920x1080 image at ANALYSIS_MAX_DIM, best of 5 rounds over 12 photos (NumPy/OpenCV on the calling thread; LiteRT with ANALYSIS_THREADS threads)")
+    print("| feature | ms / image | × its baseline |")
+    print("|---|---|---|")
+    out = {}
+    for name, ms in rows:
+        base = rows[0][1] if "noise" in name else rows[3][1] if "MobileNet" in name else ms
+        print(f"| {name} | {ms:.2f} | {ms / base:.2f} |")
+        out[name] = ms
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["gate", "models", "cluster", "all"], nargs="?", default="gate")
+    parser.add_argument("section", choices=["gate", "models", "cluster", "features", "all"], nargs="?", default="gate")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to try")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
@@ -230,6 +279,8 @@ def main() -> int:
     results: dict = {"machine": machine()}
     if args.section in ("gate", "all"):
         results["gate"] = bench_gate(args)
+    if args.section in ("features", "all"):
+        results["features"] = bench_features(args)
     if args.section in ("models", "all"):
         from scripts.bench_models import bench_models
 
