@@ -91,8 +91,8 @@ def operations_list(request: Request) -> list[Operation]:
         op("cluster", None, "/v1/cluster", "DBSCAN over your embedding vectors.", [],
            {"max_cluster_items": s.max_cluster_items}),
         op("cluster_images", None, "/v1/cluster/images", "Near-duplicate groups of a photo set with the best shot "
-           "of each (perceptual hash, plus CLIP embeddings when ready).", [],
-           {"max_cluster_images": s.max_cluster_images}),
+           "of each (perceptual hash, plus CLIP embeddings when ready, else the MobileNet embedding).", [],
+           {"max_cluster_images": s.max_cluster_images, "mobilenet_min_cosine": s.mobilenet_min_cosine}),
         llm_operation(s),
     ]
 
