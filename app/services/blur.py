@@ -34,7 +34,12 @@ def _unclipped(gray: np.ndarray) -> np.ndarray:
 
 
 def _robust_std(response: np.ndarray, keep: np.ndarray) -> float:
-    """MAD-based std of `response` over the unclipped pixels (all of them when too few are left)."""
+    """MAD-based std of `response` over the unclipped pixels (all of them when too few are left).
+
+    The median is taken over every other row and column once there are enough pixels: a quarter
+    million samples pin it to a fraction of a percent, at a quarter of the cost."""
+    if response.size > 1 << 18:
+        response, keep = response[::2, ::2], keep[::2, ::2]
     values = np.abs(response[keep]) if keep.mean() >= 0.05 else np.abs(response)
     return float(np.median(values)) * _MAD_TO_STD
 
