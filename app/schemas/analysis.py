@@ -40,6 +40,10 @@ class BlurResult(AnalysisBase):
         "robust std; 20·noise_sigma² for white noise).", 0, None, False)
     detail_variance: float | None = ranged("laplacian_variance minus laplacian_noise_variance: the sharpness the "
                                            "quality score uses.", 0, None, True)
+    blockiness: float | None = ranged(
+        "JPEG 8x8 grid strength: mean step across the strongest grid phase over the other phases (about 1.0–1.1 "
+        "uncompressed or high quality, 1.3–2.8 at JPEG quality 40). From 1.15 on, the grid's steps are left out of "
+        "the Laplacian measures. Null when the analysis image is resampled (the grid is then gone).", 0, None, False)
     analyzed_width_px: int | None = None
     analyzed_height_px: int | None = None
     thresholds: BlurThresholds
@@ -72,10 +76,10 @@ class ExposureResult(AnalysisBase):
 
 # --- quality ---------------------------------------------------------------------------
 class QualityComponent(BaseModel):
-    name: Literal["sharpness", "noise", "exposure", "brisque", "nima_technical"]
+    name: Literal["sharpness", "noise", "blocking", "exposure", "brisque", "nima_technical"]
     raw: float = Field(description="The measurement as returned by its analysis (see raw_range and higher_is_better); "
                                    "for sharpness, the noise-compensated Laplacian variance (blur.detail_variance); "
-                                   "for noise, blur.noise_sigma.")
+                                   "for noise, blur.noise_sigma; for blocking, blur.blockiness.")
     raw_range: tuple[float | None, float | None]
     higher_is_better: bool
     score: float = ranged("The measurement mapped to 0..1.", 0, 1, True)

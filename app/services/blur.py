@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 
 
-def laplacian_variance(gray: np.ndarray) -> float:
-    """Variance of the 3x3 Laplacian (OpenCV's ksize=1 kernel) of a uint8 grey image."""
+def laplacian_variance(gray: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Variance of the 3x3 Laplacian (OpenCV's ksize=1 kernel) of a uint8 grey image (over `mask`
+    only, when given: e.g. JPEG block interiors, see app.services.compression)."""
     lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)
-    _, std = cv2.meanStdDev(lap)
+    _, std = cv2.meanStdDev(lap, mask=None if mask is None else mask.astype(np.uint8))
     return float(std[0, 0]) ** 2
 
 
@@ -59,7 +60,7 @@ def noise_sigma(gray: np.ndarray) -> float:
     return _robust_std(r, _unclipped(gray)) / 6.0
 
 
-def laplacian_noise_variance(gray: np.ndarray) -> float:
+def laplacian_noise_variance(gray: np.ndarray, mask: np.ndarray | None = None) -> float:
     """What noise adds to `laplacian_variance(gray)`, measured on the Laplacian itself: the square of
     its robust (MAD) std over the unclipped pixels.
 
@@ -67,11 +68,15 @@ def laplacian_noise_variance(gray: np.ndarray) -> float:
     which the median sees, is noise. For white noise of std σ this is 20σ² (the kernel's Σk²), but
     noise that a resize made spatially correlated (any photo larger than ANALYSIS_MAX_DIM) feeds the
     Laplacian differently than 20σ² says, so a correction from σ alone under-compensates and lets
-    grain pass for detail. 0 for images with fewer than 3 rows or columns."""
+    grain pass for detail. `mask`: only these pixels (as in laplacian_variance). 0 for images with
+    fewer than 3 rows or columns."""
     if min(gray.shape[:2]) < 3:
         return 0.0
     lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
-    return _robust_std(lap, _unclipped(gray)) ** 2
+    keep = _unclipped(gray)
+    if mask is not None:
+        keep = keep & mask[1:-1, 1:-1]
+    return _robust_std(lap, keep) ** 2
 
 
 def noise_compensated_variance(variance: float, noise_variance: float) -> float:

@@ -34,6 +34,7 @@ from app.models.registry import ModelRegistry
 from app.schemas import analysis as S
 from app.schemas.common import ErrorInfo, RunFlags
 from app.services import blur as blur_svc
+from app.services import compression as compression_svc
 from app.services import exposure as exp_svc
 from app.services import score as score_svc
 
@@ -173,10 +174,14 @@ class Orchestrator:
         out: dict[str, Any] = {}
         gray = image.gray_max(s.analysis_max_dim)
         t0 = time.perf_counter()
-        var = blur_svc.laplacian_variance(gray)
+        # the JPEG grid is only visible at the file's own scale; its steps are not detail
+        blocks = compression_svc.blockiness(gray) if gray.shape[:2] == image.pixels.shape[:2] else None
+        mask = compression_svc.interior_mask(gray.shape, blocks) if blocks is not None and blocks.present else None
+        var = blur_svc.laplacian_variance(gray, mask)
         t1 = time.perf_counter()
+        out["blockiness"] = blocks.ratio if blocks is not None else None
         out["noise_sigma"] = blur_svc.noise_sigma(gray)
-        out["laplacian_noise_variance"] = blur_svc.laplacian_noise_variance(gray)
+        out["laplacian_noise_variance"] = blur_svc.laplacian_noise_variance(gray, mask)
         stats = exp_svc.exposure_stats(gray)
         t2 = time.perf_counter()
         out["laplacian_variance"] = var
@@ -312,6 +317,7 @@ class Orchestrator:
                             sharpness_score=round(blur_svc.sharpness_score(var, t), 4),
                             noise_sigma=round(sigma, 4),
                             laplacian_noise_variance=round(it.gate["laplacian_noise_variance"], 4),
+                            blockiness=round(it.gate["blockiness"], 4) if it.gate["blockiness"] is not None else None,
                             detail_variance=round(self.detail_variance(it), 4),
                             is_blurry=blur_svc.is_blurry(var, t), analyzed_width_px=w, analyzed_height_px=h,
                             thresholds=self.blur_thresholds())
@@ -347,6 +353,12 @@ class Orchestrator:
                                          blur_svc.sharpness_score(var, self.settings.blur_threshold), w["sharpness"]))
         sigma = it.gate["noise_sigma"]
         comps.append(score_svc.Component("noise", sigma, (0.0, None), False, score_svc.noise_to_unit(sigma), w["noise"]))
+        blocks = it.gate["blockiness"]
+        if blocks is not None:
+            comps.append(score_svc.Component("blocking", blocks, (0.0, None), False,
+                                             compression_svc.blocking_to_unit(blocks), w["blocking"]))
+        else:
+            missing["blocking"] = "not measurable: the analysis image is resampled, so the JPEG grid is gone"
         st = it.gate["exposure"]
         exp_score = self._exposure_score(st)
         comps.append(score_svc.Component("exposure", exp_score, (0.0, 1.0), True, exp_score, w["exposure"]))
@@ -362,7 +374,7 @@ class Orchestrator:
                 raw[name] = float(value)
         if "brisque" in raw:
             comps.append(score_svc.Component("brisque", raw["brisque"], (0.0, 100.0), False,
-                                             score_svc.brisque_to_unit(raw["brisque"]), w["brisque"]))
+                                             score_svc.brisque_component(raw["brisque"], sigma), w["brisque"]))
         if "nima_technical" in raw:
             lo, hi = self.nima_technical_range()
             comps.append(score_svc.Component("nima_technical", raw["nima_technical"], (lo, hi), True,

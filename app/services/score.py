@@ -11,8 +11,9 @@ because its exposure is fine), unlike an arithmetic mean.
 
     sharpness  = blur.sharpness_score of detail_variance (0.5 at BLUR_THRESHOLD)        weight 1.0
     noise      = 1 - log(σ/2)/log(8), clamped          (1 at σ ≤ 2, 0.5 at 5.7, 0 at ≥ 16) weight 1.0
+    blocking   = 1 - log(r/1.1)/log(3/1.1), clamped    (JPEG 8x8 grid ratio r; 1 at ≤ 1.1, 0 at ≥ 3) weight 1.0
     exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
-    brisque    = clamp((75 - BRISQUE) / 60)            (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
+    brisque    = min(clamp((75 - BRISQUE) / 60), noise) (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
     nima_tech  = clamp((NIMA_koniq - lo) / (hi - lo))  (its native range, linear)        weight 1.5
     score      = exp( Σ wᵢ·ln(max(sᵢ, 0.01)) / Σ wᵢ )  over the components that ran
 
@@ -32,7 +33,7 @@ BANDS: tuple[tuple[str, float, float], ...] = (
     ("excellent", 0.85, 1.0000001),
 )
 
-WEIGHTS = {"sharpness": 1.0, "noise": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
+WEIGHTS = {"sharpness": 1.0, "noise": 1.0, "blocking": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
 FLOOR = 0.01
 BRISQUE_GOOD, BRISQUE_BAD = 15.0, 75.0
 #: noise std (grey levels, at the analysis size) that scores 1 and 0; linear in log σ between them
@@ -55,6 +56,14 @@ def clamp01(x: float) -> float:
 
 def brisque_to_unit(brisque: float) -> float:
     return clamp01((BRISQUE_BAD - brisque) / (BRISQUE_BAD - BRISQUE_GOOD))
+
+
+def brisque_component(brisque: float, noise_sigma: float) -> float:
+    """The BRISQUE term, never above the noise term: the LIVE-trained model rates mild noise on a soft
+    photo as *more* natural (on skimage's soft photos its term rises from 0.1–0.4 to 0.8–0.9 with noise
+    of std 10), so on a noisy image its verdict is trusted only as far as the noise allows. A clean
+    image (σ ≤ 2) is not affected."""
+    return min(brisque_to_unit(brisque), noise_to_unit(noise_sigma))
 
 
 def noise_to_unit(sigma: float) -> float:

@@ -58,7 +58,7 @@ def test_analyses_without_models_say_unavailable_not_fake(client):
         assert res[key]["error"]["type"] == "model_unavailable"
     assert res["aesthetic"]["nima_score"] is None and res["embedding"]["vector"] is None
     q = res["quality"]
-    assert q["status"] == "ok" and {c["name"] for c in q["components"]} == {"sharpness", "noise", "exposure"}
+    assert q["status"] == "ok" and {c["name"] for c in q["components"]} == {"sharpness", "noise", "blocking", "exposure"}
     assert set(q["missing"]) == {"brisque", "niqe", "nima_technical"}
 
 

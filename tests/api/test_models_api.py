@@ -74,7 +74,7 @@ def test_every_analysis_runs_with_every_model(client):
     for key in ("blur", "exposure", "quality", "aesthetic", "emotion", "embedding", "faces"):
         assert res[key]["status"] == "ok", (key, res[key])
     q = res["quality"]
-    assert {c["name"] for c in q["components"]} == {"sharpness", "noise", "exposure", "brisque", "nima_technical"}
+    assert {c["name"] for c in q["components"]} == {"sharpness", "noise", "blocking", "exposure", "brisque", "nima_technical"}
     assert q["missing"] == {} and 0 <= q["score"] <= 1 and q["brisque"] is not None and q["niqe"] is not None
     assert q["band"] in ("very_poor", "poor", "decent", "good", "excellent")
     a = res["aesthetic"]
