@@ -11,9 +11,12 @@ embedding is, when their MobileNet cosine is at least MOBILENET_MIN_COSINE
 (crops and re-framings that move the perceptual hash too far). Groups are the connected components of the union
 of both link kinds.
 
-Members are compared on equal terms (`equal_terms`): sharpness is measured again on copies of
-every member brought to the group's smallest common size (detail per pixel rises when an image
-is shrunk, so a downscaled re-save would otherwise look sharper than its source), and resolution
+Members are compared on equal terms (`equal_terms`): each is aligned to the largest (ORB features,
+a RANSAC similarity fit) and cropped to the field of view they all share, then brought to the
+group's smallest common size, and sharpness, noise and exposure are measured again there (detail per
+pixel rises when an image is shrunk, and a crop that cuts away flat or dark margins gains detail
+and brightness per pixel, so either would otherwise beat its source); when the members cannot be
+aligned, their whole frames are compared at the common size. Resolution
 and compression count: the group score is the member's quality score with that common-size
 sharpness, combined (the same weighted geometric mean) with a resolution term (its pixels over
 the group's largest, to the power 1/2 inside the mean) and a compression term (its JPEG quality,
@@ -23,21 +26,26 @@ Ties (scores within 0.01) fall to common-size sharpness, then resolution.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from app.imaging.decode import resize_max
+from app.imaging.decode import DecodedImage, resize_max
 from app.imaging.sources import ImageSource
 from app.schemas import cluster as C
 from app.services import blur as blur_svc
 from app.services import cluster as cluster_svc
+from app.services import exposure as exp_svc
 from app.services import phash as phash_svc
 from app.services import score as score_svc
 from app.services.orchestrator import Ingested, Orchestrator, Plan
 
+
+log = logging.getLogger("loupe.photoset")
 
 
 @dataclass
@@ -87,17 +95,88 @@ def embedding_links(vectors: np.ndarray, eps: float) -> list[tuple[int, int]]:
     return links
 
 
-def common_size_detail(items: list[Ingested], analysis_max_dim: int) -> tuple[int, list[float]]:
-    """The group's smallest common longest side, and each member's noise-compensated Laplacian
-    variance measured on its grey copy brought to that size."""
-    grays = [it.image.gray_max(analysis_max_dim) for it in items]
-    common = min(max(g.shape[:2]) for g in grays)
-    details = []
-    for g in grays:
-        small = resize_max(g, common)
+@dataclass
+class EqualTerms:
+    """What the members of a group are compared on: their common content at a common size."""
+
+    size: int  # longest side every member's copy was brought to
+    aligned: bool  # True: the common field of view was found; False: whole frames were compared
+    details: list[float]  # noise-compensated Laplacian variance of each member's copy
+    noise: list[float]  # noise_sigma of each member's copy
+    exposure: list[float]  # exposure_score of each member's copy
+    views: list[np.ndarray]  # each member's grey copy as compared (common content, common size)
+
+
+#: ORB + RANSAC similarity: fewest inlier matches, and the scale range, for a member to count as aligned
+MIN_INLIERS = 12
+SCALE_RANGE = (0.2, 5.0)
+
+
+def align_to(ref: np.ndarray, img: np.ndarray) -> tuple[float, float, float] | None:
+    """(scale, tx, ty) mapping `img`'s pixels onto `ref`'s (x_ref = scale·x + tx), from ORB features and a
+    RANSAC similarity fit; None when the two cannot be aligned (too few features, or a rotation)."""
+    orb = cv2.ORB_create(1500)
+    k1, d1 = orb.detectAndCompute(ref, None)
+    k2, d2 = orb.detectAndCompute(img, None)
+    if d1 is None or d2 is None or len(k1) < MIN_INLIERS or len(k2) < MIN_INLIERS:
+        return None
+    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(d2, d1)
+    if len(matches) < MIN_INLIERS:
+        return None
+    src = np.float32([k2[m.queryIdx].pt for m in matches])
+    dst = np.float32([k1[m.trainIdx].pt for m in matches])
+    M, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    if M is None or int(inliers.sum()) < MIN_INLIERS:
+        return None
+    scale = float(np.hypot(M[0, 0], M[1, 0]))
+    if abs(M[1, 0]) > 0.02 * scale or not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        return None
+    return scale, float(M[0, 2]), float(M[1, 2])
+
+
+def common_content(grays: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Each grey image cropped to the field of view all of them share (found by aligning each to the
+    largest); None when one of them cannot be aligned or the shared part is too small."""
+    ref_k = max(range(len(grays)), key=lambda k: grays[k].size)
+    ref = grays[ref_k]
+    transforms = []
+    for k, g in enumerate(grays):
+        t = (1.0, 0.0, 0.0) if k == ref_k else align_to(ref, g)
+        if t is None:
+            return None
+        transforms.append(t)
+    x0 = max(tx for s, tx, ty in transforms) + 2
+    y0 = max(ty for s, tx, ty in transforms) + 2
+    x1 = min(s * g.shape[1] + tx for (s, tx, ty), g in zip(transforms, grays)) - 2
+    y1 = min(s * g.shape[0] + ty for (s, tx, ty), g in zip(transforms, grays)) - 2
+    if x1 - x0 < 0.5 * ref.shape[1] or y1 - y0 < 0.5 * ref.shape[0]:
+        return None
+    crops = []
+    for (s, tx, ty), g in zip(transforms, grays):
+        a, b = int(np.ceil((x0 - tx) / s)), int(np.floor((x1 - tx) / s))
+        c, d = int(np.ceil((y0 - ty) / s)), int(np.floor((y1 - ty) / s))
+        crops.append(g[max(0, c):min(g.shape[0], d), max(0, a):min(g.shape[1], b)])
+    return crops
+
+
+def equal_terms(items: list[Ingested], settings) -> EqualTerms:
+    """Every member brought to the group's common content (when the members can be aligned; else the
+    whole frames) and then to the smallest common size; sharpness, noise and exposure measured there."""
+    grays = [it.image.gray_max(settings.analysis_max_dim) for it in items]
+    crops = common_content(grays)
+    views = crops if crops is not None else grays
+    size = min(max(v.shape[:2]) for v in views)
+    details, noise, exposure, kept = [], [], [], []
+    for v in views:
+        small = np.ascontiguousarray(resize_max(v, size))
+        kept.append(small)
         details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small),
                                                           blur_svc.laplacian_noise_variance(small)))
-    return common, details
+        noise.append(blur_svc.noise_sigma(small))
+        exposure.append(exp_svc.exposure_score(exp_svc.exposure_stats(small), settings.bright_min, settings.bright_max,
+                                               settings.shadow_clip_max, settings.highlight_clip_max))
+    return EqualTerms(size=size, aligned=crops is not None, details=details, noise=noise, exposure=exposure,
+                      views=kept)
 
 
 def cosine_links(vectors: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
@@ -107,10 +186,10 @@ def cosine_links(vectors: np.ndarray, min_cosine: float) -> list[tuple[int, int]
     return [(int(i), int(j)) for i, j in zip(*np.nonzero(close))]
 
 
-def candidate(it: Ingested, result, detail: float, blur_threshold: float, max_pixels: int,
-              best_jpeg: int) -> Candidate:
-    """A member with its group score: the quality components, sharpness replaced by the common-size one,
-    plus resolution and compression terms relative to the group."""
+def candidate(it: Ingested, result, detail: float, noise: float, exposure: float, blur_threshold: float,
+              max_pixels: int, best_jpeg: int, brisque: float | None = None) -> Candidate:
+    """A member with its group score: the quality components, sharpness, noise and exposure replaced by the
+    ones measured on equal terms, plus resolution and compression terms relative to the group."""
     q = result.quality
     comps = list(q.components if q is not None else [])
     names = {c.name for c in comps}
@@ -118,7 +197,14 @@ def candidate(it: Ingested, result, detail: float, blur_threshold: float, max_pi
     pixels = it.image.width * it.image.height
     jpeg = it.image.jpeg_quality if it.image.jpeg_quality is not None else 100
     terms = [score_svc.Component(c.name, c.raw, c.raw_range, c.higher_is_better, c.score, c.weight)
-             for c in comps if c.name != "sharpness"]
+             for c in comps if c.name not in ("sharpness", "noise", "exposure")
+             and not (c.name == "brisque" and brisque is not None)]
+    if brisque is not None:
+        terms.append(score_svc.Component("brisque", brisque, (0.0, 100.0), False,
+                                         score_svc.brisque_component(brisque, noise), score_svc.WEIGHTS["brisque"]))
+    terms.append(score_svc.Component("exposure", exposure, (0.0, 1.0), True, exposure, score_svc.WEIGHTS["exposure"]))
+    terms.append(score_svc.Component("noise", noise, (0.0, None), False, score_svc.noise_to_unit(noise),
+                                     score_svc.WEIGHTS["noise"]))
     terms.append(score_svc.Component("sharpness", detail, (0.0, None), True,
                                      blur_svc.sharpness_score(detail, blur_threshold), score_svc.WEIGHTS["sharpness"]))
     terms.append(score_svc.Component("resolution", pixels / max_pixels, (0.0, 1.0), True,
@@ -199,6 +285,22 @@ def rejection(loser: Candidate, best: Candidate) -> str:
     return "; ".join(why) or "equal scores; kept the earlier shot"
 
 
+async def common_view_brisque(orch: Orchestrator, group: list[Ingested], terms: EqualTerms) -> list[float | None]:
+    """BRISQUE of each member's compared copy, when BRISQUE ran on the members (else None each): like
+    sharpness, it rates detail per pixel, and a smaller copy or a crop would otherwise be judged on other
+    content at another scale."""
+    if not all(isinstance(it.models.get("brisque"), float) for it in group):
+        return [None] * len(group)
+    views = [DecodedImage(pixels=v, width=v.shape[1], height=v.shape[0], sha256="", format="view", n_bytes=0)
+             for v in terms.views]
+    try:
+        values = await orch.registry.run("brisque", views)
+    except Exception:  # noqa: BLE001 - fall back to each member's own BRISQUE
+        log.warning("BRISQUE on the common views failed; ranking with each member's own", exc_info=True)
+        return [None] * len(group)
+    return [float(v) if v is not None else None for v in values]
+
+
 async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: C.PhotoSetRequest) -> C.PhotoSetResponse:
     t0 = time.perf_counter()
     registry = orch.registry
@@ -251,16 +353,18 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
             singletons.append(ok[members[0]].image_id)
             continue
         group = [ok[k] for k in members]
-        common, details = await orch.in_pool(common_size_detail, group, orch.settings.analysis_max_dim)
+        terms = await orch.in_pool(equal_terms, group, orch.settings)
         max_pixels = max(it.image.width * it.image.height for it in group)
         best_jpeg = max(it.image.jpeg_quality if it.image.jpeg_quality is not None else 100 for it in group)
-        cands = [candidate(it, by_index[it.index], d, orch.settings.blur_threshold, max_pixels, best_jpeg)
-                 for it, d in zip(group, details)]
+        brisques = await common_view_brisque(orch, group, terms)
+        cands = [candidate(it, by_index[it.index], d, n, e, orch.settings.blur_threshold, max_pixels, best_jpeg, b)
+                 for it, d, n, e, b in zip(group, terms.details, terms.noise, terms.exposure, brisques)]
         ranked = rank_group(cands)
         best = ranked[0]
         runner = ranked[1]
         kinds = sorted({kind for (a, b), ks in links.items() if a in members and b in members for kind in ks})
-        reason = (f"{best.image_id} ranks first by {best.ranked_by.replace('_', ' ')}, compared at {common} px "
+        where = "on their common field of view" if terms.aligned else "on their whole frames (they could not be aligned)"
+        reason = (f"{best.image_id} ranks first by {best.ranked_by.replace('_', ' ')}, compared {where} at {terms.size} px "
                   f"(longest side): {describe(best)}; next best {runner.image_id}: {describe(runner)}.")
         groups.append(C.PhotoGroup(
             group_id=0, size=len(ranked), best_image_id=best.image_id, reason=reason, linked_by=kinds,

@@ -169,13 +169,15 @@ BEST_SHOT_PHOTOS = BURST_PHOTOS + ("retina", "hubble_deep_field", "coins", "page
 
 
 def test_the_original_is_the_best_shot_of_its_burst(client_factory, tmp_path):
-    """Members are compared at the group's common size, and resolution, JPEG quality and blocking count.
+    """Members are compared on their common field of view at a common size (sharpness, noise, exposure and
+    BRISQUE measured again there), and resolution and JPEG quality count.
 
-    Over 16 real photos the original wins 12 groups (gate only, and with the real BRISQUE and NIQE) and the
-    darker soft copy never wins. Not yet the 90 % the "scores that stay honest" issue asks for: a crop that
-    cuts away flat or dark margins (moon, retina, hubble_deep_field, colorwheel) has more detail and better
-    exposure per pixel than its original, and the measures are not yet taken on the members' common content
-    (that issue stays open). This test keeps the level reached from slipping."""
+    Over 16 real photos the original wins 14 groups (gate only, and with the real BRISQUE and NIQE) and the
+    darker soft copy never wins. Not yet the 90 % the "scores that stay honest" issue asks for (that issue
+    stays open): moon's original is itself heavily JPEG-blocked, and its re-saved crop reads as less blocky;
+    colorwheel has no features to align (its members are compared on whole frames); with BRISQUE,
+    hubble_deep_field's crop wins on a noise estimate of a mostly black frame. This test keeps the level
+    reached from slipping."""
     import shutil
 
     from tests.helpers import SHARED_WEIGHTS
@@ -199,7 +201,7 @@ def test_the_original_is_the_best_shot_of_its_burst(client_factory, tmp_path):
             if name == "astronaut":
                 assert group["best_image_id"] == "orig"
                 assert "JPEG quality 70 vs 92" in why["small"] and "70% of the resolution" in why["small"]
-        assert sum(w == "orig" for w in winners.values()) >= 12, (cfg, winners)
+        assert sum(w == "orig" for w in winners.values()) >= 14, (cfg, winners)
         assert "darksoft" not in winners.values(), (cfg, winners)
 
 
