@@ -134,6 +134,24 @@ def align_to(ref: np.ndarray, img: np.ndarray) -> tuple[float, float, float] | N
     return scale, float(M[0, 2]), float(M[1, 2])
 
 
+def align_by_correlation(ref: np.ndarray, img: np.ndarray) -> tuple[float, float, float] | None:
+    """(scale, tx, ty) for images without enough features (flat synthetic graphics): the two scales a
+    near-duplicate usually has — the same (a crop) or the size ratio (a resized copy) — each tried with
+    phase correlation of edge maps; None unless one gives a clear peak."""
+    best = None
+    for scale in {1.0, round(ref.shape[1] / img.shape[1], 4)}:
+        if scale <= 0 or not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            continue
+        moved = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        h, w = min(ref.shape[0], moved.shape[0]), min(ref.shape[1], moved.shape[1])
+        canvas = np.zeros(ref.shape[:2], np.float32)
+        canvas[:h, :w] = cv2.Laplacian(moved[:h, :w], cv2.CV_32F)
+        (dx, dy), response = cv2.phaseCorrelate(cv2.Laplacian(ref, cv2.CV_32F), canvas)
+        if response >= 0.2 and (best is None or response > best[0]):
+            best = (response, scale, -dx, -dy)
+    return None if best is None else (best[1], best[2], best[3])
+
+
 def common_content(grays: list[np.ndarray]) -> list[np.ndarray] | None:
     """Each grey image cropped to the field of view all of them share (found by aligning each to the
     largest); None when one of them cannot be aligned or the shared part is too small."""
@@ -141,7 +159,7 @@ def common_content(grays: list[np.ndarray]) -> list[np.ndarray] | None:
     ref = grays[ref_k]
     transforms = []
     for k, g in enumerate(grays):
-        t = (1.0, 0.0, 0.0) if k == ref_k else align_to(ref, g)
+        t = (1.0, 0.0, 0.0) if k == ref_k else (align_to(ref, g) or align_by_correlation(ref, g))
         if t is None:
             return None
         transforms.append(t)

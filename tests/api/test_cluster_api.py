@@ -172,23 +172,22 @@ def test_the_original_is_the_best_shot_of_its_burst(client_factory, tmp_path):
     """Members are compared on their common field of view at a common size (sharpness, noise, exposure and
     BRISQUE measured again there), and resolution and JPEG quality count.
 
-    Over 16 real photos the original wins 14 groups (gate only, and with the real BRISQUE and NIQE) and the
-    darker soft copy never wins. Not yet the 90 % the "scores that stay honest" issue asks for (that issue
-    stays open): moon's original is itself heavily JPEG-blocked, and its re-saved crop reads as less blocky;
-    colorwheel has no features to align (its members are compared on whole frames); with BRISQUE,
-    hubble_deep_field's crop wins on a noise estimate of a mostly black frame. This test keeps the level
-    reached from slipping."""
+    Over 16 real photos the original wins 15 groups gate-only (94 %) and 14 with the real BRISQUE and NIQE
+    (88 %, below the 90 % the "scores that stay honest" issue asks for; that issue stays open), and the darker
+    soft copy never wins. moon's original is itself heavily JPEG-blocked and its re-saved crop reads as less
+    blocky; with BRISQUE, hubble_deep_field's crop wins on a noise estimate of a mostly black frame. This test
+    keeps the level reached from slipping."""
     import shutil
 
     from tests.helpers import SHARED_WEIGHTS
 
-    configs = [{}]
+    configs = [({"model_dir": tmp_path / "no-models"}, 15)]
     if (SHARED_WEIGHTS / "brisque_libsvm_live").is_dir() and (SHARED_WEIGHTS / "niqe_live").is_dir():
         md = tmp_path / "models"
         shutil.copytree(SHARED_WEIGHTS / "brisque_libsvm_live", md / "brisque")
         shutil.copytree(SHARED_WEIGHTS / "niqe_live", md / "niqe")
-        configs.append({"model_dir": md})
-    for cfg in configs:
+        configs.append(({"model_dir": md}, 14))
+    for cfg, wins in configs:
         c = client_factory(**cfg)
         winners = {}
         for name in BEST_SHOT_PHOTOS:
@@ -201,7 +200,7 @@ def test_the_original_is_the_best_shot_of_its_burst(client_factory, tmp_path):
             if name == "astronaut":
                 assert group["best_image_id"] == "orig"
                 assert "JPEG quality 70 vs 92" in why["small"] and "70% of the resolution" in why["small"]
-        assert sum(w == "orig" for w in winners.values()) >= 14, (cfg, winners)
+        assert sum(w == "orig" for w in winners.values()) >= wins, (cfg, winners)
         assert "darksoft" not in winners.values(), (cfg, winners)
 
 
@@ -246,13 +245,15 @@ def test_bursts_are_grouped_without_clip_by_phash_and_mobilenet(client_factory, 
             pairs |= set(itertools.combinations(sorted(m["image_id"] for m in g["members"]), 2))
         return pairs
 
-    phash_only = linked(client_factory(max_cluster_images=64).post("/v1/cluster/images", json=payload).json())
+    bare = client_factory(max_cluster_images=64, model_dir=tmp_path / "no-models")
+    phash_only = linked(bare.post("/v1/cluster/images", json=payload).json())
     body = client_factory(model_dir=md, max_cluster_images=64).post("/v1/cluster/images", json=payload).json()
     assert body["features_used"] == ["phash", "mobilenet"]
     found = linked(body)
     precision = len(found & truth) / max(1, len(found))
     recall = len(found & truth) / len(truth)
     assert precision >= 0.95 and recall >= 0.95, (precision, recall, sorted(truth - found)[:6])
+    assert bare.get("/v1/operations").status_code == 200
     assert len(phash_only - truth) == 0  # the hash alone links nothing wrong either ...
     # ... and the embedding links the copies on its own: every burst group has MobileNet links
     assert sum("mobilenet" in g["linked_by"] for g in body["groups"]) == len(BURST_PHOTOS)
