@@ -253,7 +253,6 @@ def test_bursts_are_grouped_without_clip_by_phash_and_mobilenet(client_factory, 
     precision = len(found & truth) / max(1, len(found))
     recall = len(found & truth) / len(truth)
     assert precision >= 0.95 and recall >= 0.95, (precision, recall, sorted(truth - found)[:6])
-    assert bare.get("/v1/operations").status_code == 200
     assert len(phash_only - truth) == 0  # the hash alone links nothing wrong either ...
     # ... and the embedding links the copies on its own: every burst group has MobileNet links
     assert sum("mobilenet" in g["linked_by"] for g in body["groups"]) == len(BURST_PHOTOS)
