@@ -71,7 +71,10 @@ def interior_mask(shape: tuple[int, int], b: Blockiness) -> np.ndarray:
 
 
 def blocking_to_unit(ratio: float) -> float:
-    """1 at ratio <= 1.1, 0 at >= 3, linear in log(ratio)."""
+    """1 at ratio <= 1.1, 0.01 at 3 (linear in log(ratio) in between) and falling beyond (as (3 / ratio)²)."""
+    from app.services.score import tailed
+
     if ratio <= CLEAN:
         return 1.0
-    return float(min(1.0, max(0.0, 1.0 - np.log(ratio / CLEAN) / np.log(BAD / CLEAN))))
+    unit = float(min(1.0, max(0.0, 1.0 - np.log(ratio / CLEAN) / np.log(BAD / CLEAN))))
+    return tailed(unit, (BAD / ratio) ** 2)

@@ -350,7 +350,7 @@ class Orchestrator:
         w = score_svc.WEIGHTS
         var = self.detail_variance(it)
         comps.append(score_svc.Component("sharpness", var, (0.0, None), True,
-                                         blur_svc.sharpness_score(var, self.settings.blur_threshold), w["sharpness"]))
+                                         score_svc.sharpness_to_unit(var, self.settings.blur_threshold), w["sharpness"]))
         sigma = it.gate["noise_sigma"]
         comps.append(score_svc.Component("noise", sigma, (0.0, None), False, score_svc.noise_to_unit(sigma), w["noise"]))
         blocks = it.gate["blockiness"]

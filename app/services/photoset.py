@@ -224,7 +224,7 @@ def candidate(it: Ingested, result, detail: float, noise: float, exposure: float
     terms.append(score_svc.Component("noise", noise, (0.0, None), False, score_svc.noise_to_unit(noise),
                                      score_svc.WEIGHTS["noise"]))
     terms.append(score_svc.Component("sharpness", detail, (0.0, None), True,
-                                     blur_svc.sharpness_score(detail, blur_threshold), score_svc.WEIGHTS["sharpness"]))
+                                     score_svc.sharpness_to_unit(detail, blur_threshold), score_svc.WEIGHTS["sharpness"]))
     terms.append(score_svc.Component("resolution", pixels / max_pixels, (0.0, 1.0), True,
                                      math.sqrt(pixels / max_pixels), 1.0))
     terms.append(score_svc.Component("compression", jpeg / best_jpeg, (0.0, 1.0), True, min(1.0, jpeg / best_jpeg), 1.0))

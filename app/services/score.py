@@ -10,6 +10,8 @@ bad component pulls the score down hard (a very blurred photo cannot be "good"
 because its exposure is fine), unlike an arithmetic mean.
 
     sharpness  = blur.sharpness_score of detail_variance (0.5 at BLUR_THRESHOLD)        weight 1.0
+    (each mapping u is used as 0.01 + 0.99·u, and below 0.01 a tail past its bad end, so that two
+    images both past it are still ordered: see `tailed`)
     noise      = 1 - log(σ/2)/log(8), clamped          (1 at σ ≤ 2, 0.5 at 5.7, 0 at ≥ 16) weight 1.0
     blocking   = 1 - log(r/1.1)/log(3/1.1), clamped    (JPEG 8x8 grid ratio r; 1 at ≤ 1.1, 0 at ≥ 3) weight 1.0
     exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
@@ -34,7 +36,10 @@ BANDS: tuple[tuple[str, float, float], ...] = (
 )
 
 WEIGHTS = {"sharpness": 1.0, "noise": 1.0, "blocking": 1.0, "exposure": 1.0, "brisque": 1.0, "nima_technical": 1.5}
-FLOOR = 0.01
+#: every mapping runs from 1 (good) down to TAIL at its "bad" end, and keeps falling past it (a tail),
+#: so that two images both past the bad end are still told apart; FLOOR only guards log(0)
+TAIL = 0.01
+FLOOR = 1e-6
 BRISQUE_GOOD, BRISQUE_BAD = 15.0, 75.0
 #: noise std (grey levels, at the analysis size) that scores 1 and 0; linear in log σ between them
 NOISE_CLEAN, NOISE_BAD = 2.0, 16.0
@@ -54,8 +59,18 @@ def clamp01(x: float) -> float:
     return 0.0 if x != x else min(1.0, max(0.0, x))  # NaN → 0
 
 
+def tailed(unit: float, beyond: float) -> float:
+    """A 0..1 mapping made strictly monotone at its bad end: `unit` > 0 maps to TAIL..1, and `unit` == 0
+    to TAIL · `beyond`, where `beyond` (1 at the bad end, falling past it) says how far past it is."""
+    if unit > 0:
+        return TAIL + (1.0 - TAIL) * unit
+    return max(FLOOR, TAIL * min(1.0, beyond))
+
+
 def brisque_to_unit(brisque: float) -> float:
-    return clamp01((BRISQUE_BAD - brisque) / (BRISQUE_BAD - BRISQUE_GOOD))
+    """1 at ≤ 15, about 0.5 at 45, TAIL at 75 and falling beyond (as (75 / BRISQUE)⁴)."""
+    unit = clamp01((BRISQUE_BAD - brisque) / (BRISQUE_BAD - BRISQUE_GOOD))
+    return tailed(unit, (BRISQUE_BAD / brisque) ** 4 if brisque > BRISQUE_BAD else 1.0)
 
 
 def brisque_component(brisque: float, noise_sigma: float) -> float:
@@ -67,15 +82,26 @@ def brisque_component(brisque: float, noise_sigma: float) -> float:
 
 
 def noise_to_unit(sigma: float) -> float:
-    """1 at σ ≤ 2 grey levels (what clean photos read: fine texture passes for noise of std 1–2), 0.5 at
-    5.7, 0 at ≥ 16; linear in log σ (each doubling costs a third)."""
+    """1 at σ ≤ 2 grey levels (what clean photos read: fine texture passes for noise of std 1–2), about
+    0.5 at 5.7, TAIL at 16 and falling beyond (as (16 / σ)²); linear in log σ in between."""
     if sigma <= NOISE_CLEAN:
         return 1.0
-    return clamp01(1.0 - math.log(sigma / NOISE_CLEAN) / math.log(NOISE_BAD / NOISE_CLEAN))
+    unit = clamp01(1.0 - math.log(sigma / NOISE_CLEAN) / math.log(NOISE_BAD / NOISE_CLEAN))
+    return tailed(unit, (NOISE_BAD / sigma) ** 2)
+
+
+def sharpness_to_unit(detail: float, threshold: float) -> float:
+    """blur.sharpness_score (0 at threshold/4, 0.5 at the threshold, 1 from 4x) as TAIL..1. No tail below
+    threshold/4: there the noise-compensated detail is a small difference of two large numbers, and a
+    tail would rank very soft photos by its noise."""
+    from app.services.blur import sharpness_score
+
+    return tailed(sharpness_score(detail, threshold), 1.0)
 
 
 def range_to_unit(value: float, lo: float, hi: float) -> float:
-    return clamp01((value - lo) / (hi - lo))
+    """Linear over [lo, hi], as TAIL..1 (NIMA technical)."""
+    return tailed(clamp01((value - lo) / (hi - lo)), 1.0)
 
 
 def combine(components: list[Component]) -> float | None:
