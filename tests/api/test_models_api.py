@@ -272,3 +272,54 @@ def test_embed_text_survives_concurrent_idle_sweeps(model_dir):
             stop.set()
             t.join(5)
     assert codes == [200] * 15
+
+
+def ladder_pairs(c) -> tuple[int, int, list]:
+    """(strictly falling ordered pairs, all pairs, the ladders that rose) over the degradation ladders."""
+    import itertools
+
+    from tests.helpers import add_noise, exposure, jpeg_roundtrip, upscale
+
+    ladders = {"blur": (lambda x, v: gaussian_blur(x, v) if v else x, (0, 1, 2, 4)),
+               "noise": (lambda x, v: add_noise(x, v) if v else x, (0, 10, 25, 50)),
+               "jpeg": (jpeg_roundtrip, (90, 40, 15, 5)),
+               "dark": (exposure, (1, 0.5, 0.25, 0.1))}
+    bases = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left"):
+        bases[name] = (photo(name), "PNG", ladders)
+        bases[name + "~soft"] = (gaussian_blur(photo(name), 1.5), "PNG", ladders)
+    for name in ("astronaut", "coffee", "chelsea"):  # noise added at full size, then JPEG'd and resized
+        bases[name + "~big_soft"] = (gaussian_blur(upscale(photo(name), 3000), 2), "JPEG", {"noise": ladders["noise"]})
+
+    def score(rgb, fmt):
+        data = encode(rgb, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        return c.post("/v1/analyze", json={"image": {"base64": b64(data)}}).json()["result"]["quality"]["score"]
+
+    ok = total = 0
+    rose = []
+    for name, (rgb, fmt, lads) in bases.items():
+        for lname, (degrade, levels) in lads.items():
+            scores = [score(degrade(rgb, v), fmt) for v in levels]
+            for i, j in itertools.combinations(range(len(scores)), 2):
+                total += 1
+                ok += scores[i] > scores[j]
+            if any(b > a for a, b in zip(scores, scores[1:])):
+                rose.append((name, lname, scores))
+    return ok, total, rose
+
+
+def test_degradation_ladders_lower_the_score(tmp_path):
+    """Blur, noise 0/10/25/50, JPEG 90/40/15/5 and darkening ×1/0.5/0.25/0.1 on crisp and soft real photos (and
+    noise on large soft ones): with the real BRISQUE and NIQE the score strictly falls for >= 95 % of ordered
+    pairs (97 % measured), and JPEG and darkening never raise it. Gate only: >= 80 % (soft photos tie at the
+    sharpness floor along the blur ladder). Not yet met: "never rises with noise" (the first noise step on a
+    few soft photos; the "scores that stay honest" issue stays open)."""
+    need_real("brisque", "niqe")
+    md = tmp_path / "models"
+    for sub in ("brisque", "niqe"):
+        shutil.copytree(SHARED_WEIGHTS / REAL[sub], md / sub)
+    for model_dir, bar in ((md, 0.95), (tmp_path / "no-models", 0.80)):
+        with TestClient(create_app(settings(model_dir))) as c:
+            ok, total, rose = ladder_pairs(c)
+        assert ok / total >= bar, (model_dir.name, ok, total, rose)
+        assert not [r for r in rose if r[1] in ("jpeg", "dark")], rose
