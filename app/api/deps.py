@@ -108,16 +108,14 @@ def form_files(form, max_count: int, setting: str = "max_batch_size") -> list[Im
     return [ImageSource(image_id=ids[i] if ids else (f.filename or str(i)), upload=f) for i, f in enumerate(files)]
 
 
-def require_json_or_form(request: Request) -> str:
+def require_media(request: Request, *accepted: str) -> str:
+    """The request's media type, or 415 in the envelope when it is not one of `accepted`."""
     mt = media_type(request)
-    if mt not in ("application/json", "multipart/form-data"):
-        raise UnsupportedMediaType(
-            f"Send application/json or multipart/form-data (got {mt or 'no content type'}).",
-            detail={"accepted": ["application/json", "multipart/form-data"]})
+    if mt not in accepted:
+        raise UnsupportedMediaType(f"Send {' or '.join(accepted)} (got {mt or 'no content type'}).",
+                                   detail={"accepted": list(accepted)})
     return mt
 
 
-def require_json(request: Request) -> None:
-    if media_type(request) != "application/json":
-        raise UnsupportedMediaType(f"Send application/json (got {media_type(request) or 'no content type'}).",
-                                   detail={"accepted": ["application/json"]})
+def require_json_or_form(request: Request) -> str:
+    return require_media(request, "application/json", "multipart/form-data")

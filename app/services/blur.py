@@ -45,7 +45,15 @@ def _robust_std(response: np.ndarray, keep: np.ndarray) -> float:
     return float(np.median(values)) * _MAD_TO_STD
 
 
-def noise_sigma(gray: np.ndarray) -> float:
+def noise_measures(gray: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
+    """(noise_sigma, laplacian_noise_variance) with the clipped-pixel mask computed once."""
+    if min(gray.shape[:2]) < 3:
+        return 0.0, 0.0
+    unclipped = _unclipped(gray)
+    return noise_sigma(gray, unclipped), laplacian_noise_variance(gray, mask, unclipped)
+
+
+def noise_sigma(gray: np.ndarray, unclipped: np.ndarray | None = None) -> float:
     """Std of additive noise in grey levels, at the scale of `gray`.
 
     Immerkaer's operator (a difference of two Laplacians, blind to edges and to linear and
@@ -57,10 +65,11 @@ def noise_sigma(gray: np.ndarray) -> float:
     if min(gray.shape[:2]) < 3:
         return 0.0
     r = cv2.filter2D(gray, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
-    return _robust_std(r, _unclipped(gray)) / 6.0
+    return _robust_std(r, _unclipped(gray) if unclipped is None else unclipped) / 6.0
 
 
-def laplacian_noise_variance(gray: np.ndarray, mask: np.ndarray | None = None) -> float:
+def laplacian_noise_variance(gray: np.ndarray, mask: np.ndarray | None = None,
+                             unclipped: np.ndarray | None = None) -> float:
     """What noise adds to `laplacian_variance(gray)`, measured on the Laplacian itself: the square of
     its robust (MAD) std over the unclipped pixels.
 
@@ -73,7 +82,7 @@ def laplacian_noise_variance(gray: np.ndarray, mask: np.ndarray | None = None) -
     if min(gray.shape[:2]) < 3:
         return 0.0
     lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
-    keep = _unclipped(gray)
+    keep = _unclipped(gray) if unclipped is None else unclipped
     if mask is not None:
         keep = keep & mask[1:-1, 1:-1]
     return _robust_std(lap, keep) ** 2

@@ -88,3 +88,9 @@ def exposure_score(s: ExposureStats, bright_min: float, bright_max: float,
 
     score = band * clip_term(s.shadow_clip_fraction, shadow_clip_max) * clip_term(s.highlight_clip_fraction, highlight_clip_max)
     return float(min(1.0, max(0.0, score)))
+
+
+def exposure_score_for(st: ExposureStats, settings) -> float:
+    """`exposure_score` with the thresholds from the settings (BRIGHT_MIN/MAX, SHADOW/HIGHLIGHT_CLIP_MAX)."""
+    return exposure_score(st, settings.bright_min, settings.bright_max, settings.shadow_clip_max,
+                          settings.highlight_clip_max)

@@ -180,8 +180,7 @@ class Orchestrator:
         var = blur_svc.laplacian_variance(gray, mask)
         t1 = time.perf_counter()
         out["blockiness"] = blocks.ratio if blocks is not None else None
-        out["noise_sigma"] = blur_svc.noise_sigma(gray)
-        out["laplacian_noise_variance"] = blur_svc.laplacian_noise_variance(gray, mask)
+        out["noise_sigma"], out["laplacian_noise_variance"] = blur_svc.noise_measures(gray, mask)
         stats = exp_svc.exposure_stats(gray)
         t2 = time.perf_counter()
         out["laplacian_variance"] = var
@@ -326,10 +325,6 @@ class Orchestrator:
     def detail_variance(it: Ingested) -> float:
         return blur_svc.noise_compensated_variance(it.gate["laplacian_variance"], it.gate["laplacian_noise_variance"])
 
-    def _exposure_score(self, st: exp_svc.ExposureStats) -> float:
-        s = self.settings
-        return exp_svc.exposure_score(st, s.bright_min, s.bright_max, s.shadow_clip_max, s.highlight_clip_max)
-
     def exposure_result(self, it: Ingested) -> S.ExposureResult:
         s = self.settings
         st: exp_svc.ExposureStats = it.gate["exposure"]
@@ -339,7 +334,7 @@ class Orchestrator:
         return S.ExposureResult(
             status="ok", mean_brightness=round(st.mean_brightness, 3), contrast=round(st.contrast, 3),
             shadow_clip_fraction=round(st.shadow_clip_fraction, 5), highlight_clip_fraction=round(st.highlight_clip_fraction, 5),
-            p05_brightness=st.p05, p95_brightness=st.p95, exposure_score=round(self._exposure_score(st), 4),
+            p05_brightness=st.p05, p95_brightness=st.p95, exposure_score=round(exp_svc.exposure_score_for(st, self.settings), 4),
             is_underexposed=under, is_overexposed=over, verdict=verdict, thresholds=self.exposure_thresholds())
 
     def quality_components(self, it: Ingested) -> tuple[list[score_svc.Component], dict[str, str], dict[str, float]]:
@@ -348,20 +343,16 @@ class Orchestrator:
         missing: dict[str, str] = {}
         raw: dict[str, float] = {}
         w = score_svc.WEIGHTS
-        var = self.detail_variance(it)
-        comps.append(score_svc.Component("sharpness", var, (0.0, None), True,
-                                         score_svc.sharpness_to_unit(var, self.settings.blur_threshold), w["sharpness"]))
+        comps.append(score_svc.sharpness_term(self.detail_variance(it), self.settings.blur_threshold))
         sigma = it.gate["noise_sigma"]
-        comps.append(score_svc.Component("noise", sigma, (0.0, None), False, score_svc.noise_to_unit(sigma), w["noise"]))
+        comps.append(score_svc.noise_term(sigma))
         blocks = it.gate["blockiness"]
         if blocks is not None:
             comps.append(score_svc.Component("blocking", blocks, (0.0, None), False,
                                              compression_svc.blocking_to_unit(blocks), w["blocking"]))
         else:
             missing["blocking"] = "not measurable: the analysis image is resampled, so the JPEG grid is gone"
-        st = it.gate["exposure"]
-        exp_score = self._exposure_score(st)
-        comps.append(score_svc.Component("exposure", exp_score, (0.0, 1.0), True, exp_score, w["exposure"]))
+        comps.append(score_svc.exposure_term(exp_svc.exposure_score_for(it.gate["exposure"], self.settings)))
         for name in ("brisque", "niqe", "nima_technical"):
             value = it.models.get(name)
             if name not in it.models:
@@ -373,8 +364,7 @@ class Orchestrator:
             else:
                 raw[name] = float(value)
         if "brisque" in raw:
-            comps.append(score_svc.Component("brisque", raw["brisque"], (0.0, 100.0), False,
-                                             score_svc.brisque_component(raw["brisque"], sigma), w["brisque"]))
+            comps.append(score_svc.brisque_term(raw["brisque"], sigma))
         if "nima_technical" in raw:
             lo, hi = self.nima_technical_range()
             comps.append(score_svc.Component("nima_technical", raw["nima_technical"], (lo, hi), True,

@@ -8,20 +8,20 @@ changes) or, with CLIP, when DBSCAN (min_samples=2, so every linked pair is a
 core pair) puts them in one cluster at cosine distance `eps` (same scene, a
 burst with small movements), or, when CLIP is not ready but the MobileNet
 embedding is, when their MobileNet cosine is at least MOBILENET_MIN_COSINE
-(crops and re-framings that move the perceptual hash too far). Groups are the connected components of the union
-of both link kinds.
+(crops and re-framings that move the perceptual hash too far). Groups are the
+connected components of the union of all the links.
 
 Members are compared on equal terms (`equal_terms`): each is aligned to the largest (ORB features,
-a RANSAC similarity fit) and cropped to the field of view they all share, then brought to the
-group's smallest common size, and sharpness, noise and exposure are measured again there (detail per
-pixel rises when an image is shrunk, and a crop that cuts away flat or dark margins gains detail
-and brightness per pixel, so either would otherwise beat its source); when the members cannot be
-aligned, their whole frames are compared at the common size. Resolution
-and compression count: the group score is the member's quality score with that common-size
-sharpness, combined (the same weighted geometric mean) with a resolution term (its pixels over
-the group's largest, to the power 1/2 inside the mean) and a compression term (its JPEG quality,
-estimated from the quantisation tables, over the group's best; lossless formats count as 100).
-Ties (scores within 0.01) fall to common-size sharpness, then resolution.
+a RANSAC similarity fit; phase correlation for featureless images) and cropped to the field of
+view they all share, then brought to the group's smallest common size, and sharpness, noise,
+exposure and BRISQUE are measured again there (detail per pixel rises when an image is shrunk,
+and a crop that cuts away flat or dark margins gains detail and brightness per pixel, so either
+would otherwise beat its source); members that cannot be aligned are compared on whole frames.
+Resolution and compression count: the group score combines (the same weighted geometric mean)
+those re-measured components and the member's others with a resolution term (its pixels over the
+group's largest, square-rooted) and a compression term (its JPEG quality, estimated from the
+quantisation tables, over the group's best; lossless formats count as 100). Scores within TIE of
+each other tie; a tie goes to the larger image, then to common-size sharpness.
 """
 
 from __future__ import annotations
@@ -188,11 +188,10 @@ def equal_terms(items: list[Ingested], settings) -> EqualTerms:
     for v in views:
         small = np.ascontiguousarray(resize_max(v, size))
         kept.append(small)
-        details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small),
-                                                          blur_svc.laplacian_noise_variance(small)))
-        noise.append(blur_svc.noise_sigma(small))
-        exposure.append(exp_svc.exposure_score(exp_svc.exposure_stats(small), settings.bright_min, settings.bright_max,
-                                               settings.shadow_clip_max, settings.highlight_clip_max))
+        sigma, noise_var = blur_svc.noise_measures(small)
+        details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small), noise_var))
+        noise.append(sigma)
+        exposure.append(exp_svc.exposure_score_for(exp_svc.exposure_stats(small), settings))
     return EqualTerms(size=size, aligned=crops is not None, details=details, noise=noise, exposure=exposure,
                       views=kept)
 
@@ -218,13 +217,9 @@ def candidate(it: Ingested, result, detail: float, noise: float, exposure: float
              for c in comps if c.name not in ("sharpness", "noise", "exposure")
              and not (c.name == "brisque" and brisque is not None)]
     if brisque is not None:
-        terms.append(score_svc.Component("brisque", brisque, (0.0, 100.0), False,
-                                         score_svc.brisque_component(brisque, noise), score_svc.WEIGHTS["brisque"]))
-    terms.append(score_svc.Component("exposure", exposure, (0.0, 1.0), True, exposure, score_svc.WEIGHTS["exposure"]))
-    terms.append(score_svc.Component("noise", noise, (0.0, None), False, score_svc.noise_to_unit(noise),
-                                     score_svc.WEIGHTS["noise"]))
-    terms.append(score_svc.Component("sharpness", detail, (0.0, None), True,
-                                     score_svc.sharpness_to_unit(detail, blur_threshold), score_svc.WEIGHTS["sharpness"]))
+        terms.append(score_svc.brisque_term(brisque, noise))
+    terms += [score_svc.exposure_term(exposure), score_svc.noise_term(noise),
+              score_svc.sharpness_term(detail, blur_threshold)]
     terms.append(score_svc.Component("resolution", pixels / max_pixels, (0.0, 1.0), True,
                                      math.sqrt(pixels / max_pixels), 1.0))
     terms.append(score_svc.Component("compression", jpeg / best_jpeg, (0.0, 1.0), True, min(1.0, jpeg / best_jpeg), 1.0))
@@ -258,7 +253,6 @@ def describe(c: Candidate) -> str:
 #: group scores within this of the best count as a tie: differences below 0.01 come from JPEG
 #: noise in the exposure histogram, not from a visible difference. A tie goes to the larger image
 #: (a crop or a smaller copy of the same scene holds less), then to common-size sharpness.
-SCORE_TIE = 2  # decimals
 TIE = 0.01
 
 
@@ -286,7 +280,7 @@ def resolution_words(loser: Candidate, best: Candidate) -> str:
 
 def rejection(loser: Candidate, best: Candidate) -> str:
     why = []
-    if round(loser.score, SCORE_TIE) < round(best.score, SCORE_TIE):
+    if best.score - loser.score >= TIE:
         why.append(f"lower group score {loser.score:.2f} < {best.score:.2f}")
     if loser.facts["is_blurry"]:
         why.append(f"blurry (Laplacian variance {loser.facts['laplacian_variance']:.0f} < BLUR_THRESHOLD "

@@ -104,6 +104,23 @@ def range_to_unit(value: float, lo: float, hi: float) -> float:
     return tailed(clamp01((value - lo) / (hi - lo)), 1.0)
 
 
+def sharpness_term(detail: float, threshold: float) -> Component:
+    return Component("sharpness", detail, (0.0, None), True, sharpness_to_unit(detail, threshold), WEIGHTS["sharpness"])
+
+
+def noise_term(sigma: float) -> Component:
+    return Component("noise", sigma, (0.0, None), False, noise_to_unit(sigma), WEIGHTS["noise"])
+
+
+def exposure_term(exposure_score: float) -> Component:
+    return Component("exposure", exposure_score, (0.0, 1.0), True, exposure_score, WEIGHTS["exposure"])
+
+
+def brisque_term(brisque: float, noise_sigma: float) -> Component:
+    return Component("brisque", brisque, (0.0, 100.0), False, brisque_component(brisque, noise_sigma),
+                     WEIGHTS["brisque"])
+
+
 def combine(components: list[Component]) -> float | None:
     total = sum(c.weight for c in components)
     if not components or total <= 0:

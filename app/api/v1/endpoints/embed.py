@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import read_json_model, require_json
+from app.api.deps import read_json_model, require_media
 from app.api.v1.openapi_extra import component_ref
 from app.schemas.analysis import TextEmbedding, TextEmbedRequest, TextEmbedResponse
 from app.schemas.common import ErrorEnvelope
@@ -21,7 +21,7 @@ router = APIRouter(tags=["analysis"])
                  "schema": component_ref(TextEmbedRequest)}}}})
 async def embed_text(request: Request) -> TextEmbedResponse:
     t0 = time.perf_counter()
-    require_json(request)
+    require_media(request, "application/json")
     body = await read_json_model(request, TextEmbedRequest)
     registry = request.app.state.registry
     model, vectors = await registry.call(
