@@ -34,15 +34,18 @@ def _unclipped(gray: np.ndarray) -> np.ndarray:
     return ((lo > 0) & (hi < 255))[1:-1, 1:-1]
 
 
-def _robust_std(response: np.ndarray, keep: np.ndarray) -> float:
+def _robust_std(response: np.ndarray, keep: np.ndarray, upper: bool = False) -> float:
     """MAD-based std of `response` over the unclipped pixels (all of them when too few are left).
 
     The median is taken over every other row and column once there are enough pixels: a quarter
-    million samples pin it to a fraction of a percent, at a quarter of the cost."""
+    million samples pin it to a fraction of a percent, at a quarter of the cost. `upper`: the
+    response is integer-valued (a 3x3 integer kernel on uint8 pixels), so its median m only says the
+    underlying one lies within m ± 0.5; return the top of that interval (the largest std the
+    measurement allows) instead of its middle."""
     if response.size > 1 << 18:
         response, keep = response[::2, ::2], keep[::2, ::2]
     values = np.abs(response[keep]) if keep.mean() >= 0.05 else np.abs(response)
-    return float(np.median(values)) * _MAD_TO_STD
+    return (float(np.median(values)) + (0.5 if upper else 0.0)) * _MAD_TO_STD
 
 
 def noise_measures(gray: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
@@ -77,15 +80,22 @@ def laplacian_noise_variance(gray: np.ndarray, mask: np.ndarray | None = None,
     which the median sees, is noise. For white noise of std σ this is 20σ² (the kernel's Σk²), but
     noise that a resize made spatially correlated (any photo larger than ANALYSIS_MAX_DIM) feeds the
     Laplacian differently than 20σ² says, so a correction from σ alone under-compensates and lets
-    grain pass for detail. `mask`: only these pixels (as in laplacian_variance). 0 for images with
-    fewer than 3 rows or columns."""
+    grain pass for detail.
+
+    The Laplacian of uint8 pixels is integer-valued, so its median m is known only to ±0.5: this
+    returns the top of that interval, the largest noise share the measurement allows. On a soft photo
+    with noise, detail is a small difference of two large numbers (e.g. 918 − 879 for noise of std 10,
+    where a median of 20 ± 0.5 spans 836–924), and taking the middle credited that rounding to the
+    photo as detail: adding noise raised its sharpness. What remains is detail the measurement can
+    tell from grain. `mask`: only these pixels (as in laplacian_variance). 0 for images with fewer
+    than 3 rows or columns."""
     if min(gray.shape[:2]) < 3:
         return 0.0
     lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
     keep = _unclipped(gray) if unclipped is None else unclipped
     if mask is not None:
         keep = keep & mask[1:-1, 1:-1]
-    return _robust_std(lap, keep) ** 2
+    return _robust_std(lap, keep, upper=True) ** 2
 
 
 def noise_compensated_variance(variance: float, noise_variance: float) -> float:

@@ -7,6 +7,8 @@ per axis, with the phase found as the strongest (crops shift the grid) and the o
 summarised by their median (a crop of a JPEG saved again has two grids): about 1.0–1.1 for an
 image that was never JPEG-compressed or was saved at high quality, 1.3–2.8 at quality 40 and
 2.7–10 at quality 5 on skimage's photos; noise does not move it (noise of std 25: 1.01–1.02).
+Steps at every other column (an image enlarged 2x by repeating pixels, such as skimage's moon) are
+told apart from a grid: there the phases 2, 4 and 6 away from the peak are as strong as it.
 
 It is only meaningful on pixels at the file's own scale (a resize blurs the grid away), so the
 gate measures it when the analysis image is the decoded image, and reports null otherwise.
@@ -43,7 +45,10 @@ def _axis(diffs: np.ndarray) -> tuple[float, int]:
     per_phase = diffs[:n].reshape(-1, BLOCK).mean(axis=0)
     phase = int(np.argmax(per_phase))
     others = float(np.median(np.delete(per_phase, phase)))  # median: a second, shifted grid (a re-save of a crop) does not dilute it
-    return float(per_phase[phase]) / max(others, 1e-6), phase
+    # a pattern of period 2 (an image enlarged 2x by repeating pixels: steps at every other column) is
+    # not a grid of period 8: the phases 2, 4 and 6 away are then as strong as the peak
+    period_two = float(per_phase[(phase + np.array([2, 4, 6])) % BLOCK].min())
+    return float(per_phase[phase]) / max(others, period_two, 1e-6), phase
 
 
 def blockiness(gray: np.ndarray) -> Blockiness | None:

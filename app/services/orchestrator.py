@@ -343,9 +343,10 @@ class Orchestrator:
         missing: dict[str, str] = {}
         raw: dict[str, float] = {}
         w = score_svc.WEIGHTS
-        comps.append(score_svc.sharpness_term(self.detail_variance(it), self.settings.blur_threshold))
-        sigma = it.gate["noise_sigma"]
-        comps.append(score_svc.noise_term(sigma))
+        detail, threshold = self.detail_variance(it), self.settings.blur_threshold
+        comps.append(score_svc.sharpness_term(detail, threshold))
+        sigma, clean = it.gate["noise_sigma"], score_svc.noise_allowance(detail, threshold)
+        comps.append(score_svc.noise_term(sigma, clean))
         blocks = it.gate["blockiness"]
         if blocks is not None:
             comps.append(score_svc.Component("blocking", blocks, (0.0, None), False,
@@ -364,7 +365,7 @@ class Orchestrator:
             else:
                 raw[name] = float(value)
         if "brisque" in raw:
-            comps.append(score_svc.brisque_term(raw["brisque"], sigma))
+            comps.append(score_svc.brisque_term(raw["brisque"], sigma, clean))
         if "nima_technical" in raw:
             lo, hi = self.nima_technical_range()
             comps.append(score_svc.Component("nima_technical", raw["nima_technical"], (lo, hi), True,

@@ -216,9 +216,10 @@ def candidate(it: Ingested, result, detail: float, noise: float, exposure: float
     terms = [score_svc.Component(c.name, c.raw, c.raw_range, c.higher_is_better, c.score, c.weight)
              for c in comps if c.name not in ("sharpness", "noise", "exposure")
              and not (c.name == "brisque" and brisque is not None)]
+    clean = score_svc.noise_allowance(detail, blur_threshold)
     if brisque is not None:
-        terms.append(score_svc.brisque_term(brisque, noise))
-    terms += [score_svc.exposure_term(exposure), score_svc.noise_term(noise),
+        terms.append(score_svc.brisque_term(brisque, noise, clean))
+    terms += [score_svc.exposure_term(exposure), score_svc.noise_term(noise, clean),
               score_svc.sharpness_term(detail, blur_threshold)]
     terms.append(score_svc.Component("resolution", pixels / max_pixels, (0.0, 1.0), True,
                                      math.sqrt(pixels / max_pixels), 1.0))

@@ -12,10 +12,11 @@ because its exposure is fine), unlike an arithmetic mean.
     sharpness  = blur.sharpness_score of detail_variance (0.5 at BLUR_THRESHOLD)        weight 1.0
     (each mapping u is used as 0.01 + 0.99·u, and below 0.01 a tail past its bad end, so that two
     images both past it are still ordered: see `tailed`)
-    noise      = 1 - log(σ/2)/log(8), clamped          (1 at σ ≤ 2, 0.5 at 5.7, 0 at ≥ 16) weight 1.0
+    noise      = 1 - log(σ/c)/log(16/c), clamped       (1 at σ ≤ c, 0 at ≥ 16; c from 0.5 for an image
+                 with no detail to 2 for a sharp one: noise_allowance)                     weight 1.0
     blocking   = 1 - log(r/1.1)/log(3/1.1), clamped    (JPEG 8x8 grid ratio r; 1 at ≤ 1.1, 0 at ≥ 3) weight 1.0
     exposure   = exposure.exposure_score               (0.5 at each exposure threshold) weight 1.0
-    brisque    = min(clamp((75 - BRISQUE) / 60), noise) (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
+    brisque    = min(clamp((75 - BRISQUE) / 60), noise²) (1 at ≤ 15, 0.5 at 45, 0 at ≥ 75) weight 1.0
     nima_tech  = clamp((NIMA_koniq - lo) / (hi - lo))  (its native range, linear)        weight 1.5
     score      = exp( Σ wᵢ·ln(max(sᵢ, 0.01)) / Σ wᵢ )  over the components that ran
 
@@ -43,6 +44,8 @@ FLOOR = 1e-6
 BRISQUE_GOOD, BRISQUE_BAD = 15.0, 75.0
 #: noise std (grey levels, at the analysis size) that scores 1 and 0; linear in log σ between them
 NOISE_CLEAN, NOISE_BAD = 2.0, 16.0
+#: the clean level of an image with no detail (see `noise_allowance`)
+NOISE_CLEAN_SOFT = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,20 +76,35 @@ def brisque_to_unit(brisque: float) -> float:
     return tailed(unit, (BRISQUE_BAD / brisque) ** 4 if brisque > BRISQUE_BAD else 1.0)
 
 
-def brisque_component(brisque: float, noise_sigma: float) -> float:
+def noise_allowance(detail: float, threshold: float) -> float:
+    """The σ that still scores as clean, from 0.5 (no detail) to 2 (sharp: sharpness_score 1).
+
+    Clean sharp photos read σ 1–2 because fine texture leaks into the noise operator; clean soft
+    photos read 0.2–0.5. Texture that leaks into σ also shows in the (noise-compensated) Laplacian
+    variance, so an image without detail has none to excuse its reading: there σ above 0.5 is noise.
+    Without this, noise of std 10 added to a large soft photo (σ ≈ 1.5 at the analysis size) went
+    unpenalised while BRISQUE, which reads grain on a soft image as restored detail, rose."""
+    from app.services.blur import sharpness_score
+
+    return NOISE_CLEAN_SOFT + (NOISE_CLEAN - NOISE_CLEAN_SOFT) * sharpness_score(detail, threshold)
+
+
+def brisque_component(brisque: float, noise_sigma: float, clean: float = NOISE_CLEAN) -> float:
     """The BRISQUE term, never above the noise term: the LIVE-trained model rates mild noise on a soft
     photo as *more* natural (on skimage's soft photos its term rises from 0.1–0.4 to 0.8–0.9 with noise
-    of std 10), so on a noisy image its verdict is trusted only as far as the noise allows. A clean
-    image (σ ≤ 2) is not affected."""
-    return min(brisque_to_unit(brisque), noise_to_unit(noise_sigma))
+    of std 10), so on a noisy image it counts for less than the noise term: capped by the noise term
+    itself, noise still paid for itself there (0.44 · 0.44 > 0.13 on soft coffee with noise of std
+    10); capped by its square it no longer does. A clean image (σ ≤ `clean`) is not affected."""
+    return min(brisque_to_unit(brisque), noise_to_unit(noise_sigma, clean) ** 2)
 
 
-def noise_to_unit(sigma: float) -> float:
-    """1 at σ ≤ 2 grey levels (what clean photos read: fine texture passes for noise of std 1–2), about
-    0.5 at 5.7, TAIL at 16 and falling beyond (as (16 / σ)²); linear in log σ in between."""
-    if sigma <= NOISE_CLEAN:
+def noise_to_unit(sigma: float, clean: float = NOISE_CLEAN) -> float:
+    """1 at σ ≤ `clean` grey levels (what clean photos read: 2 for sharp ones, whose fine texture passes
+    for noise of std 1–2, less for soft ones: `noise_allowance`), TAIL at 16 and falling beyond (as
+    (16 / σ)²); linear in log σ in between (about 0.5 at 5.7 for clean = 2)."""
+    if sigma <= clean:
         return 1.0
-    unit = clamp01(1.0 - math.log(sigma / NOISE_CLEAN) / math.log(NOISE_BAD / NOISE_CLEAN))
+    unit = clamp01(1.0 - math.log(sigma / clean) / math.log(NOISE_BAD / clean))
     return tailed(unit, (NOISE_BAD / sigma) ** 2)
 
 
@@ -108,16 +126,16 @@ def sharpness_term(detail: float, threshold: float) -> Component:
     return Component("sharpness", detail, (0.0, None), True, sharpness_to_unit(detail, threshold), WEIGHTS["sharpness"])
 
 
-def noise_term(sigma: float) -> Component:
-    return Component("noise", sigma, (0.0, None), False, noise_to_unit(sigma), WEIGHTS["noise"])
+def noise_term(sigma: float, clean: float = NOISE_CLEAN) -> Component:
+    return Component("noise", sigma, (0.0, None), False, noise_to_unit(sigma, clean), WEIGHTS["noise"])
 
 
 def exposure_term(exposure_score: float) -> Component:
     return Component("exposure", exposure_score, (0.0, 1.0), True, exposure_score, WEIGHTS["exposure"])
 
 
-def brisque_term(brisque: float, noise_sigma: float) -> Component:
-    return Component("brisque", brisque, (0.0, 100.0), False, brisque_component(brisque, noise_sigma),
+def brisque_term(brisque: float, noise_sigma: float, clean: float = NOISE_CLEAN) -> Component:
+    return Component("brisque", brisque, (0.0, 100.0), False, brisque_component(brisque, noise_sigma, clean),
                      WEIGHTS["brisque"])
 
 

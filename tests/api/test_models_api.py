@@ -310,16 +310,17 @@ def ladder_pairs(c) -> tuple[int, int, list]:
 
 def test_degradation_ladders_lower_the_score(tmp_path):
     """Blur, noise 0/10/25/50, JPEG 90/40/15/5 and darkening ×1/0.5/0.25/0.1 on crisp and soft real photos (and
-    noise on large soft ones): with the real BRISQUE and NIQE the score strictly falls for >= 95 % of ordered
-    pairs (97 % measured), and JPEG and darkening never raise it. Gate only: >= 80 % (soft photos tie at the
-    sharpness floor along the blur ladder). Not yet met: "never rises with noise" (the first noise step on a
-    few soft photos; the "scores that stay honest" issue stays open)."""
+    noise on large soft ones, added at full size): with the real BRISQUE and NIQE the score strictly falls
+    for >= 99 % of ordered pairs (all 258 measured) and no ladder ever rises, noise included. Gate only: >= 84 %
+    (85 % measured: soft photos tie at the sharpness floor along the blur ladder), and no noise, JPEG or
+    darkening ladder rises."""
     need_real("brisque", "niqe")
     md = tmp_path / "models"
     for sub in ("brisque", "niqe"):
         shutil.copytree(SHARED_WEIGHTS / REAL[sub], md / sub)
-    for model_dir, bar in ((md, 0.95), (tmp_path / "no-models", 0.80)):
+    for model_dir, bar, never in ((md, 0.99, ("blur", "noise", "jpeg", "dark")),
+                                  (tmp_path / "no-models", 0.84, ("noise", "jpeg", "dark"))):
         with TestClient(create_app(settings(model_dir))) as c:
             ok, total, rose = ladder_pairs(c)
         assert ok / total >= bar, (model_dir.name, ok, total, rose)
-        assert not [r for r in rose if r[1] in ("jpeg", "dark")], rose
+        assert not [r for r in rose if r[1] in never], rose

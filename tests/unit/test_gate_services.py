@@ -146,3 +146,46 @@ def test_grain_is_not_detail_on_a_large_soft_photo():
                 assert var > 2 * details[0]  # the raw variance does rise with the grain
         assert max(details[1:]) <= max(2.0 * details[0], details[0] + 40), (name, details)
         assert blur.sharpness_score(max(details[1:]), 100) <= blur.sharpness_score(details[0], 100) + 0.25
+
+
+def test_grain_never_buys_detail_on_a_soft_photo_at_native_scale():
+    """On a soft photo at its own size, noise of std 5–25 makes the Laplacian's variance a small difference
+    of two large numbers (918 − 879 for motorcycle at std 10): the noise share is taken at the top of what
+    the integer-valued median allows, so the detail left is never more than the clean photo's."""
+    rng = np.random.default_rng(5)
+    for name in SOFT:
+        g0 = cv2.GaussianBlur(cv2.cvtColor(photo(name), cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
+        clean = blur.noise_compensated_variance(blur.laplacian_variance(g0), blur.laplacian_noise_variance(g0))
+        for sigma in (5, 10, 25):
+            g = np.clip(g0 + rng.normal(0, sigma, g0.shape), 0, 255).round().astype(np.uint8)
+            noisy = blur.noise_compensated_variance(blur.laplacian_variance(g), blur.laplacian_noise_variance(g))
+            assert noisy <= max(clean, 25.0), (name, sigma, clean, noisy)  # 25 = threshold/4: sharpness 0
+
+
+def test_noise_allowance_runs_from_soft_to_sharp():
+    """The σ that still scores as clean: 0.5 without detail, 2 for a sharp photo, monotone between; the
+    noise term and the BRISQUE cap use it, and BRISQUE never counts for more than the noise term squared."""
+    from app.services import score
+
+    levels = [score.noise_allowance(d, 100.0) for d in (0.0, 25.0, 50.0, 100.0, 200.0, 400.0, 4000.0)]
+    assert levels[0] == levels[1] == 0.5 and levels[-1] == levels[-2] == 2.0
+    assert all(a < b for a, b in zip(levels[1:-2], levels[2:-1]))
+    assert score.noise_to_unit(1.5, 2.0) == 1.0 and score.noise_to_unit(1.5, 0.5) < 0.7
+    for sigma in (1.0, 3.0, 6.0, 12.0, 30.0):
+        n = score.noise_to_unit(sigma, 0.5)
+        assert score.brisque_component(10.0, sigma, 0.5) == pytest.approx(min(1.0, n * n))
+    assert score.brisque_component(10.0, 0.4, 0.5) == 1.0  # a clean image keeps BRISQUE's verdict
+
+
+def test_pixel_doubling_is_not_jpeg_blocking():
+    """skimage's moon is enlarged 2x by repeating pixels: steps at every other column. That is not an 8x8
+    grid (it read as a ratio of millions); a real JPEG grid on a crisp photo still reads as blocking."""
+    from app.services.compression import blockiness
+
+    from skimage import data
+
+    moon = data.moon()
+    assert blockiness(moon).ratio < 1.15
+    g = cv2.cvtColor(photo("astronaut"), cv2.COLOR_RGB2GRAY)
+    low = decode_image(encode(photo("astronaut"), quality=15), max_pixels=10**8, gray=True).gray_max(1024)
+    assert blockiness(g).ratio < 1.15 and blockiness(low).ratio > 1.3
