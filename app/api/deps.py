@@ -1,9 +1,17 @@
-"""Request parsing shared by the endpoints: JSON or multipart bodies → ImageSources + flags."""
+"""Request parsing shared by the endpoints: JSON or multipart bodies → ImageSources + options.
+
+Every endpoint that takes images states the shape of its request once (`ImageRequestSpec`) and calls
+`read_image_request`: the JSON-or-multipart branch, the image count limits, the options model and the
+id rules live here and nowhere else. JSON bodies are parsed by pydantic-core straight from the bytes,
+in the worker pool (a batch is up to MAX_BATCH_SIZE × MAX_IMAGE_MB of base64: parsing it on the event
+loop would stall every other request); base64 is decoded in the pool too (`Orchestrator.load`).
+"""
 
 from __future__ import annotations
 
-import json
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -32,19 +40,24 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_json_model(request: Request, model: type[M]) -> M:
-    try:
-        raw = await request.body()
-        payload = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(f"The body is not valid JSON: {exc}") from exc
-    if payload is None:
+def parse_json(raw: bytes, model: type[M]) -> M:
+    """`model` from JSON bytes, strictly: a JSON body's types are what the schema says (no "1" or 1 for
+    true, no 7 for "7"). 422 in the envelope for an empty body, bytes that are not JSON, or a mismatch."""
+    if not raw.strip() or raw.strip() == b"null":
         raise ValidationFailed("The request body is empty.")
     try:
-        # strict: a JSON body's types are what the schema says (no "1" or 1 for true, no 7 for "7")
-        return model.model_validate(payload, strict=True)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            raise ValidationFailed(f"The body is not valid JSON: {first.get('msg')}") from exc
         raise validation_failed(exc) from exc
+
+
+async def read_json_model(request: Request, model: type[M]) -> M:
+    """The body as `model`, parsed in the worker pool (see the module docstring)."""
+    raw = await request.body()
+    return await request.app.state.orchestrator.in_pool(parse_json, raw, model)
 
 
 def source_of(inp: ImageInput) -> ImageSource:
@@ -119,3 +132,81 @@ def require_media(request: Request, *accepted: str) -> str:
 
 def require_json_or_form(request: Request) -> str:
     return require_media(request, "application/json", "multipart/form-data")
+
+
+def unique_ids(sources: Sequence[ImageSource], what: str) -> None:
+    """Give every source without an id its position as id, then refuse repeated ids with a 422 that
+    names them (`what`: where ids must be unique, e.g. "a photo set")."""
+    for i, src in enumerate(sources):
+        if src.image_id is None:
+            src.image_id = str(i)
+    ids = [src.image_id for src in sources]
+    dupes = repeated(ids)
+    if dupes:
+        raise ValidationFailed(f"Image ids must be unique in {what}; sent more than once: {dupes}.",
+                               detail={"duplicate_image_ids": dupes, "image_id": dupes[0]})
+
+
+def repeated(ids: Sequence[str]) -> list[str]:
+    """The ids that occur more than once, sorted."""
+    seen: set[str] = set()
+    dupes: set[str] = set()
+    for x in ids:
+        (dupes if x in seen else seen).add(x)
+    return sorted(dupes)
+
+
+O = TypeVar("O", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ImageRequestSpec(Generic[O]):
+    """The shape of an image endpoint's request, in both media types."""
+
+    body: type[BaseModel]  # the JSON body's model
+    #: the body field holding the image input(s): "image" (one), "images" (a list); None: the body is the input
+    images: str | None
+    #: the options (JSON: the body's other fields, form: the text fields); None: the endpoint has none
+    options: type[O] | None
+    #: the form fields `options` reads (default: all of its fields)
+    form_fields: list[str] | None = None
+    #: at most this many images (None: exactly one); `limit_setting` names it in the 413
+    limit: Callable[[Settings], int] | None = None
+    limit_setting: str = "max_batch_size"
+    #: multipart only (JSON bodies state it in their schema): a 422 outside [min, max]
+    count_range: tuple[int, int] | None = None
+    #: ids default to the image's position and must be unique (named in the 422 as `unique_in`)
+    unique_in: str | None = None
+
+
+@dataclass
+class ImageRequest(Generic[O]):
+    sources: list[ImageSource]
+    options: O | None
+
+
+async def read_image_request(request: Request, spec: ImageRequestSpec[O]) -> ImageRequest[O]:
+    """Any image request (JSON with url/base64 inputs, or multipart with `file` parts) → sources + options."""
+    settings = settings_of(request)
+    limit = spec.limit(settings) if spec.limit is not None else 1
+    if require_json_or_form(request) == "application/json":
+        body = await read_json_model(request, spec.body)
+        inputs = body if spec.images is None else getattr(body, spec.images)
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        check_count(len(inputs), limit, spec.limit_setting)
+        sources = [source_of(i) for i in inputs]
+        options = None
+        if spec.options is not None:
+            names = set(spec.form_fields or spec.options.model_fields)
+            options = spec.options.model_validate(body.model_dump(include=names))
+    else:
+        form = await read_form(request, max_files=limit + 1 if spec.limit is not None else 1)
+        sources = form_files(form, limit, spec.limit_setting)
+        if spec.count_range is not None and not spec.count_range[0] <= len(sources) <= spec.count_range[1]:
+            lo, hi = spec.count_range
+            raise ValidationFailed(f"This request takes {lo} to {hi} images; {len(sources)} were sent.",
+                                   detail={"min_images": lo, "max_images": hi, "received": len(sources)})
+        options = form_flags(form, spec.options, fields=spec.form_fields)
+    if spec.unique_in is not None:
+        unique_ids(sources, spec.unique_in)
+    return ImageRequest(sources=sources, options=options)

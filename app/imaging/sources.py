@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from starlette.datastructures import UploadFile
@@ -74,12 +76,16 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_source(src: ImageSource, client: httpx.AsyncClient, settings: Settings) -> tuple[bytes, str | None]:
-    """The image's bytes and, for URLs, the final URL after redirects."""
+async def read_source(src: ImageSource, client: httpx.AsyncClient, settings: Settings,
+                      offload: Callable[..., Awaitable[Any]] | None = None) -> tuple[bytes, str | None]:
+    """The image's bytes and, for URLs, the final URL after redirects. `offload(fn, *args)` runs the CPU
+    work (base64 decoding: up to MAX_IMAGE_MB per image) off the event loop; without it, inline."""
     if src.url:
         fetched = await fetch_url(client, src.url, settings)
         return fetched.data, fetched.final_url
     if src.base64 is not None:
+        if offload is not None:
+            return await offload(decode_base64, src.base64, settings.max_image_bytes), None
         return decode_base64(src.base64, settings.max_image_bytes), None
     if src.upload is not None:
         return await read_upload(src.upload, settings.max_image_bytes), None

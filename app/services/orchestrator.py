@@ -137,7 +137,7 @@ class Orchestrator:
         item = Ingested(index=index, image_id=src.image_id if src.image_id is not None else str(index))
         try:
             t0 = time.perf_counter()
-            data, item.source_url = await read_source(src, self.client, self.settings)
+            data, item.source_url = await read_source(src, self.client, self.settings, self.in_pool)
             t1 = time.perf_counter()
             item.timings["read_ms" if src.kind != "url" else "fetch_ms"] = (t1 - t0) * 1000
             limits = dict(max_pixels=self.settings.max_image_pixels, min_dim=min_dim, gray=gray)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 
-from app.api.deps import (check_count, form_files, form_flags, read_form, read_json_model, require_json_or_form, settings_of,
-                          source_of, validation_failed)
+from app.api.deps import ImageRequestSpec, read_image_request, read_json_model, settings_of
 from app.api.v1.openapi_extra import body_json_or_form, component_ref
 from app.core.errors import ValidationFailed
 from app.schemas import cluster as C
@@ -48,15 +46,7 @@ def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
                  "schema": component_ref(C.ClusterRequest)}}}})
 async def cluster_vectors(request: Request) -> C.ClusterResponse:
     settings = settings_of(request)
-    body = await request.body()
-    if not body:
-        raise ValidationFailed("The request body is empty.")
-    try:
-        # parsed by pydantic-core straight from JSON bytes (much faster than json.loads for big float arrays)
-        req = await request.app.state.orchestrator.in_pool(
-            lambda: C.ClusterRequest.model_validate_json(body, strict=True))
-    except ValidationError as exc:
-        raise validation_failed(exc) from exc
+    req = await read_json_model(request, C.ClusterRequest)
     return await request.app.state.orchestrator.in_pool(run_dbscan, req, settings.max_cluster_items)
 
 
@@ -67,6 +57,9 @@ class PhotoSetForm(C.PhotoSetRequest):
 
 
 PHOTOSET_FORM_FIELDS = [name for name in C.PhotoSetRequest.model_fields if name != "images"]
+PHOTOSET = ImageRequestSpec(C.PhotoSetRequest, images="images", options=PhotoSetForm, form_fields=PHOTOSET_FORM_FIELDS,
+                            limit=lambda s: s.max_cluster_images, limit_setting="max_cluster_images",
+                            unique_in="a photo set")
 
 
 @router.post("/cluster/images", response_model=C.PhotoSetResponse, responses=ERRORS,
@@ -74,23 +67,5 @@ PHOTOSET_FORM_FIELDS = [name for name in C.PhotoSetRequest.model_fields if name 
              openapi_extra=body_json_or_form(C.PhotoSetRequest, multiple_files=True, form_model=PhotoSetForm,
                                              form_fields=PHOTOSET_FORM_FIELDS))
 async def cluster_images(request: Request) -> C.PhotoSetResponse:
-    settings = settings_of(request)
-    limit = settings.max_cluster_images
-    mt = require_json_or_form(request)
-    if mt == "application/json":
-        req = await read_json_model(request, C.PhotoSetRequest)
-        check_count(len(req.images), limit, "max_cluster_images")
-        sources = [source_of(i) for i in req.images]
-    else:
-        form = await read_form(request, max_files=limit + 1)
-        sources = form_files(form, limit, "max_cluster_images")
-        params = form_flags(form, PhotoSetForm, fields=PHOTOSET_FORM_FIELDS)
-        req = C.PhotoSetRequest.model_construct(**params.model_dump(exclude={"images"}), images=[])
-    ids = [s.image_id if s.image_id is not None else str(i) for i, s in enumerate(sources)]
-    seen: set[str] = set()
-    for x in ids:
-        if x in seen:
-            raise ValidationFailed(f"image_id {x!r} appears more than once; ids in a photo set must be unique.",
-                                   detail={"image_id": x})
-        seen.add(x)
-    return await cluster_photoset(request.app.state.orchestrator, sources, req)
+    req = await read_image_request(request, PHOTOSET)
+    return await cluster_photoset(request.app.state.orchestrator, req.sources, req.options)

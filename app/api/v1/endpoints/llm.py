@@ -6,17 +6,9 @@ import time
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import (
-    form_files,
-    form_flags,
-    read_form,
-    read_json_model,
-    require_json_or_form,
-    settings_of,
-    source_of,
-)
+from app.api.deps import ImageRequestSpec, read_image_request, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
-from app.core.errors import ApiError, ValidationFailed
+from app.core.errors import ApiError
 from app.imaging.sources import ImageSource
 from app.schemas.common import ErrorEnvelope
 from app.schemas.review import (
@@ -65,6 +57,11 @@ async def _encode(request: Request, sources: list[ImageSource], *, group: bool) 
         lambda: [encode_for_llm(it.image, settings.llm_image_max_dim, it.image_id) for it in items])
 
 
+SINGLE = ImageRequestSpec(LlmReviewRequest, images="image", options=LlmOptions)
+GROUP = ImageRequestSpec(LlmGroupRequest, images="images", options=LlmOptions, limit=lambda s: 4 * LLM_GROUP_MAX,
+                         count_range=(LLM_GROUP_MIN, LLM_GROUP_MAX), unique_in="a group review")
+
+
 @router.post("/analyze/llm", response_model=LlmReviewResponse, responses=ERRORS,
              summary="Review one photo with a vision LLM (any LiteLLM provider)",
              description=(
@@ -76,14 +73,10 @@ async def _encode(request: Request, sources: list[ImageSource], *, group: bool) 
 async def llm_review(request: Request) -> LlmReviewResponse:
     started = time.perf_counter()
     settings = settings_of(request)
-    if require_json_or_form(request) == "application/json":
-        body = await read_json_model(request, LlmReviewRequest)
-        sources, opts = [source_of(body.image)], LlmOptions(**body.model_dump(exclude={"image"}))
-    else:
-        form = await read_form(request, max_files=1)
-        sources, opts = form_files(form, 1), form_flags(form, LlmOptions)
+    req = await read_image_request(request, SINGLE)
+    opts = req.options
     pick_model(settings, opts.model)  # a model LLM_ALLOWED_MODELS refuses is a 422 before any image is read
-    [img] = await _encode(request, sources, group=False)
+    [img] = await _encode(request, req.sources, group=False)
     return await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
                               max_tokens=opts.max_tokens, started=started)
 
@@ -99,25 +92,9 @@ async def llm_review(request: Request) -> LlmReviewResponse:
 async def llm_review_group(request: Request) -> LlmGroupResponse:
     started = time.perf_counter()
     settings = settings_of(request)
-    if require_json_or_form(request) == "application/json":
-        body = await read_json_model(request, LlmGroupRequest)
-        sources, opts = [source_of(i) for i in body.images], LlmOptions(**body.model_dump(exclude={"images"}))
-    else:
-        form = await read_form(request, max_files=4 * LLM_GROUP_MAX)
-        sources, opts = form_files(form, 4 * LLM_GROUP_MAX), form_flags(form, LlmOptions)
-        if not LLM_GROUP_MIN <= len(sources) <= LLM_GROUP_MAX:
-            raise ValidationFailed(
-                f"A group review takes {LLM_GROUP_MIN} to {LLM_GROUP_MAX} images; {len(sources)} were sent.",
-                detail={"min_images": LLM_GROUP_MIN, "max_images": LLM_GROUP_MAX, "received": len(sources)})
-    for i, src in enumerate(sources):
-        if src.image_id is None:
-            src.image_id = str(i)
-    ids = [src.image_id for src in sources]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValidationFailed(f"Image ids must be unique in a group review; repeated: {dupes}.",
-                               detail={"duplicate_image_ids": dupes})
+    req = await read_image_request(request, GROUP)
+    opts = req.options
     pick_model(settings, opts.model)
-    imgs = await _encode(request, sources, group=True)
+    imgs = await _encode(request, req.sources, group=True)
     return await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,
                               max_tokens=opts.max_tokens, started=started)
