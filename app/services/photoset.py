@@ -60,6 +60,7 @@ class Candidate:
     width: int = 0
     height: int = 0
     jpeg_quality: int | None = None
+    brightness: float | None = None  # mean grey level (0..255) of the compared copy; None: not aligned
 
 
 class UnionFind:
@@ -104,6 +105,7 @@ class EqualTerms:
     details: list[float]  # noise-compensated Laplacian variance of each member's copy
     noise: list[float]  # noise_sigma of each member's copy
     exposure: list[float]  # exposure_score of each member's copy
+    brightness: list[float]  # mean grey level (0..255) of each member's copy
     views: list[np.ndarray]  # each member's grey copy as compared (common content, common size)
 
 
@@ -184,16 +186,18 @@ def equal_terms(items: list[Ingested], settings) -> EqualTerms:
     crops = common_content(grays)
     views = crops if crops is not None else grays
     size = min(max(v.shape[:2]) for v in views)
-    details, noise, exposure, kept = [], [], [], []
+    details, noise, exposure, brightness, kept = [], [], [], [], []
     for v in views:
         small = np.ascontiguousarray(resize_max(v, size))
         kept.append(small)
         sigma, noise_var = blur_svc.noise_measures(small)
         details.append(blur_svc.noise_compensated_variance(blur_svc.laplacian_variance(small), noise_var))
         noise.append(sigma)
-        exposure.append(exp_svc.exposure_score_for(exp_svc.exposure_stats(small), settings))
+        stats = exp_svc.exposure_stats(small)
+        exposure.append(exp_svc.exposure_score_for(stats, settings))
+        brightness.append(stats.mean_brightness)
     return EqualTerms(size=size, aligned=crops is not None, details=details, noise=noise, exposure=exposure,
-                      views=kept)
+                      brightness=brightness, views=kept)
 
 
 def cosine_links(vectors: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
@@ -257,9 +261,32 @@ def describe(c: Candidate) -> str:
 TIE = 0.01
 
 
-def rank_group(members: list[Candidate]) -> list[Candidate]:
-    """Best first. Members whose group score is within TIE of the best are ranked among themselves by
-    pixels, then sharpness at the common size; the rest follow by score, and so on down the list."""
+#: a copy's detail at the common size may exceed its source's by this factor from re-encoding alone
+#: (a crop re-saved at the same JPEG quality measured up to 1.06x its source's on skimage's photos)
+COPY_DETAIL_SLACK = 1.1
+#: and its mean grey level may differ by this much (JPEG moves it by a fraction of a level)
+COPY_BRIGHTNESS_SLACK = 2.5
+
+
+def lesser_copy(b: Candidate, a: Candidate) -> bool:
+    """True when `b` is a copy of `a` that holds less: the two are aligned on one field of view, `b` has
+    no more pixels and no better JPEG quality (one of them strictly less: a crop, a smaller or a lower-
+    quality re-save), the same exposure (mean grey level within COPY_BRIGHTNESS_SLACK) and no more
+    detail at the common size (within COPY_DETAIL_SLACK). Re-saving cannot add what the source lacks,
+    so whatever else `b` scores better on (a noise reading that JPEG smoothed, BRISQUE on the smoothed
+    pixels, a grid that its shifted re-save hides) is an artefact of the copying: `b` never ranks above
+    `a`. Burst frames of one camera have equal pixels and quality and are never copies of each other."""
+    if a.brightness is None or b.brightness is None:
+        return False
+    qa, qb = a.jpeg_quality or 100, b.jpeg_quality or 100
+    return (b.pixels <= a.pixels and qb <= qa and (b.pixels < a.pixels or qb < qa)
+            and abs(b.brightness - a.brightness) <= COPY_BRIGHTNESS_SLACK
+            and b.sharpness <= COPY_DETAIL_SLACK * a.sharpness)
+
+
+def by_score(members: list[Candidate]) -> list[Candidate]:
+    """Best first by group score. Members whose group score is within TIE of the best are ranked among
+    themselves by pixels, then sharpness at the common size; the rest follow by score, and so on."""
     rest = sorted(members, key=lambda c: (-c.score, c.index))
     ranked: list[Candidate] = []
     while rest:
@@ -267,6 +294,19 @@ def rank_group(members: list[Candidate]) -> list[Candidate]:
         tied = [c for c in rest if top - c.score < TIE]
         ranked += sorted(tied, key=lambda c: (-c.pixels, -c.sharpness, c.index))
         rest = [c for c in rest if top - c.score >= TIE]
+    return ranked
+
+
+def rank_group(members: list[Candidate]) -> list[Candidate]:
+    """Best first: the score order (`by_score`), except that a lesser copy never ranks above its source —
+    each place goes to the best-scored member that is not a lesser copy of another member still unplaced
+    (pixels and JPEG quality fall strictly along "is a lesser copy of", so there is always one)."""
+    rest = by_score(members)
+    ranked: list[Candidate] = []
+    while rest:
+        pick = next(c for c in rest if not any(lesser_copy(c, o) for o in rest if o is not c))
+        ranked.append(pick)
+        rest.remove(pick)
     return ranked
 
 
@@ -283,6 +323,11 @@ def rejection(loser: Candidate, best: Candidate) -> str:
     why = []
     if best.score - loser.score >= TIE:
         why.append(f"lower group score {loser.score:.2f} < {best.score:.2f}")
+    elif lesser_copy(loser, best):
+        why.append(f"a copy of {best.image_id} that holds less (no more pixels, no better JPEG quality, the same "
+                   f"exposure, at most {COPY_DETAIL_SLACK - 1:.0%} more detail): a copy never ranks above its source, "
+                   f"though its group score "
+                   f"{loser.score:.2f} is {'higher' if loser.score > best.score else 'as high'}")
     if loser.facts["is_blurry"]:
         why.append(f"blurry (Laplacian variance {loser.facts['laplacian_variance']:.0f} < BLUR_THRESHOLD "
                    f"{loser.facts['blur_threshold']:g})")
@@ -372,6 +417,9 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
         brisques = await common_view_brisque(orch, group, terms)
         cands = [candidate(it, by_index[it.index], d, n, e, orch.settings.blur_threshold, max_pixels, best_jpeg, b)
                  for it, d, n, e, b in zip(group, terms.details, terms.noise, terms.exposure, brisques)]
+        if terms.aligned:
+            for c, level in zip(cands, terms.brightness):
+                c.brightness = level
         ranked = rank_group(cands)
         best = ranked[0]
         runner = ranked[1]
@@ -379,6 +427,11 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
         where = "on their common field of view" if terms.aligned else "on their whole frames (they could not be aligned)"
         reason = (f"{best.image_id} ranks first by {best.ranked_by.replace('_', ' ')}, compared {where} at {terms.size} px "
                   f"(longest side): {describe(best)}; next best {runner.image_id}: {describe(runner)}.")
+        copies = [c.image_id for c in ranked[1:] if c.score > best.score - TIE and lesser_copy(c, best)]
+        if copies:
+            reason += (f" {', '.join(copies)} scored as high or higher, but {'is a copy' if len(copies) == 1 else 'are copies'}"
+                       f" of {best.image_id} that {'holds' if len(copies) == 1 else 'hold'} less, and a copy never ranks"
+                       " above its source.")
         groups.append(C.PhotoGroup(
             group_id=0, size=len(ranked), best_image_id=best.image_id, reason=reason, linked_by=kinds,
             members=[C.RankedMember(image_id=c.image_id, rank=r + 1, quality_score=round(c.score, 4),
