@@ -82,7 +82,9 @@ class QualityComponent(BaseModel):
                                    "for noise, blur.noise_sigma; for blocking, blur.blockiness.")
     raw_range: tuple[float | None, float | None]
     higher_is_better: bool
-    score: float = ranged("The measurement mapped to 0..1.", 0, 1, True)
+    score: float = ranged("The measurement mapped to 0..1 (README, 'Quality score': the noise term scores 1 up to a "
+                          "clean level from 0.5 grey levels for an image without detail to 2 for a sharp one; the "
+                          "brisque term is never above the noise term squared).", 0, 1, True)
     weight: float = Field(description="Relative weight in the weighted geometric mean.")
 
 
