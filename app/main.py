@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import VERSION, Settings, get_settings
-from app.core.errors import ApiError, PayloadTooLarge, error_body
+from app.core.errors import ApiError, PayloadTooLarge, error_body, validation_failed
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 from app.core.ratelimit import AccessControl
@@ -154,13 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for e in exc.errors():
-            item = {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-            errors.append(item)  # the offending input is not echoed (it may be a huge base64 string)
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return envelope(422, "validation_error", f"Invalid request: {where}: {first['msg']}", {"errors": errors})
+        err = validation_failed(list(exc.errors()), skip=("body",))
+        return envelope(err.status_code, err.error_type, err.message, err.detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -203,9 +198,11 @@ async def lifespan(app: FastAPI):
             if err:
                 log.error("preload of %s failed: %s", name, err)
     registry.start_ttl_task()
+    app.state.accepting = True
     try:
         yield
     finally:
+        app.state.accepting = False
         registry.shutdown()
         await client.aclose()
         pool.shutdown(wait=False, cancel_futures=True)

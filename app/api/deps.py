@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.core.config import Settings
+from app.core import errors
 from app.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from app.imaging.sources import ImageSource
 from app.schemas.common import ImageInput, RunFlags
@@ -30,10 +31,7 @@ def settings_of(request: Request) -> Settings:
 
 
 def validation_failed(exc: ValidationError) -> ValidationFailed:
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return ValidationFailed(f"Invalid request: {where}: {first['msg']}", detail={"errors": errors})
+    return errors.validation_failed(exc.errors())
 
 
 def media_type(request: Request) -> str:

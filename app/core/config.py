@@ -1,8 +1,15 @@
 """One settings class for the whole service.
 
 Every field is read from the environment (or a `.env` file) under its upper-case
-name, and every field is documented in `.env.example`. Nothing here is unused:
+name, with or without the `LOUPE_` prefix (`LOUPE_API_KEY` or `API_KEY`), and every
+field is documented in `.env.example`. Nothing here is unused:
 `tests/unit/test_config.py` checks that each setting is referenced in the code.
+
+Which wins: arguments to `Settings(...)`, then `LOUPE_NAME` in the environment, then
+`NAME` in the environment, then `LOUPE_NAME` and `NAME` in the `.env` file. A generic
+name such as `API_KEY` or `DEVICE` may be meant for another program sharing the
+environment; with `LOUPE_ENV_PREFIX_ONLY=true` in the environment only prefixed names
+are read (that switch is read from the process environment only, before any file).
 """
 
 from __future__ import annotations
@@ -13,14 +20,37 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (BaseSettings, DotEnvSettingsSource, EnvSettingsSource, PydanticBaseSettingsSource,
+                               SettingsConfigDict)
 
 VERSION = "0.1.0"
 API_VERSION = "v1"
+ENV_PREFIX = "LOUPE_"
+
+
+def prefix_only() -> bool:
+    """LOUPE_ENV_PREFIX_ONLY: read only LOUPE_-prefixed names (process environment only)."""
+    return os.environ.get("LOUPE_ENV_PREFIX_ONLY", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The order in the module docstring: prefixed names before plain ones, the environment before .env."""
+        env_file = getattr(dotenv_settings, "env_file", None)
+        encoding = getattr(dotenv_settings, "env_file_encoding", None)
+        prefixed_env = EnvSettingsSource(settings_cls, env_prefix=ENV_PREFIX, case_sensitive=False)
+        prefixed_dotenv = DotEnvSettingsSource(settings_cls, env_file=env_file, env_file_encoding=encoding,
+                                               env_prefix=ENV_PREFIX, case_sensitive=False)
+        if prefix_only():
+            return init_settings, prefixed_env, prefixed_dotenv, file_secret_settings
+        return init_settings, prefixed_env, env_settings, prefixed_dotenv, dotenv_settings, file_secret_settings
 
     # --- service -----------------------------------------------------------
     log_level: str = "INFO"

@@ -1,7 +1,8 @@
 """The one error envelope: `{"error": {"type", "message", "detail", "request_id"}}`.
 
 Every error the service returns — ours, FastAPI's validation errors, Starlette's
-404/405, slowapi's 429 and unexpected exceptions — goes through `error_response`.
+404/405, the rate limiter's 429 and unexpected exceptions — is built by `error_body`
+(through `app.main.envelope`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ class ApiError(Exception):
         self.message = message
         self.detail = detail
         self.headers = headers or {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.error_type, "message": self.message, "detail": self.detail}
 
 
 class BadRequest(ApiError):
@@ -47,11 +45,6 @@ class Unauthorized(ApiError):
     def __init__(self, message: str = "A valid API key is required.", **kw):
         kw.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="loupe"'})
         super().__init__(message, **kw)
-
-
-class NotFound(ApiError):
-    status_code = 404
-    error_type = "not_found"
 
 
 class ImageTooLarge(ApiError):
@@ -79,11 +72,6 @@ class RateLimited(ApiError):
     error_type = "rate_limited"
 
 
-class UpstreamError(ApiError):
-    status_code = 502
-    error_type = "upstream_error"
-
-
 class UnreachableUrl(ApiError):
     status_code = 502
     error_type = "unreachable_url"
@@ -102,6 +90,16 @@ class ModelUnavailable(ApiError):
 class UpstreamTimeout(ApiError):
     status_code = 504
     error_type = "upstream_timeout"
+
+
+def validation_failed(errors: list[dict[str, Any]], *, skip: tuple[str, ...] = ()) -> ValidationFailed:
+    """The 422 for pydantic errors (`exc.errors()`, from a model or from FastAPI's request validation):
+    the first error located in words, every error's loc / msg / type in `detail` — never the offending
+    input, which may be a 20 MB base64 string. `skip`: loc parts that say nothing to the caller ("body")."""
+    items = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    first = items[0] if items else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if p not in skip) or "body"
+    return ValidationFailed(f"Invalid request: {where}: {first['msg']}", detail={"errors": items})
 
 
 def error_body(error_type: str, message: str, detail: Any, request_id: str | None) -> dict[str, Any]:

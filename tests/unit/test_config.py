@@ -57,3 +57,23 @@ def test_client_ip_walks_forwarded_for_from_the_right():
     assert client_ip("127.0.0.1", [], proxies) == "127.0.0.1"
     assert client_ip("127.0.0.1", ["10.2.2.2"], proxies) == "10.2.2.2"  # only proxies: the left-most
     assert client_ip("198.51.100.1", ["1.2.3.4"], parse_networks("*")) == "1.2.3.4"
+
+
+def test_loupe_prefix_wins_and_can_be_required(monkeypatch, tmp_path):
+    """LOUPE_NAME beats NAME; with LOUPE_ENV_PREFIX_ONLY a generic NAME meant for another program is ignored,
+    in the environment and in the .env file."""
+    monkeypatch.setenv("DEVICE", "cuda")
+    monkeypatch.setenv("BLUR_THRESHOLD", "55")
+    assert Settings(_env_file=None).device == "cuda"
+    monkeypatch.setenv("LOUPE_DEVICE", "cpu")
+    s = Settings(_env_file=None)
+    assert s.device == "cpu" and s.blur_threshold == 55
+    env = tmp_path / ".env"
+    env.write_text("MAX_BATCH_SIZE=7\nLOUPE_QUALITY_MIN=0.7\nLOUPE_BLUR_THRESHOLD=90\n")
+    s = Settings(_env_file=env)
+    assert s.max_batch_size == 7 and s.quality_min == 0.7 and s.blur_threshold == 55  # the environment wins
+    monkeypatch.setenv("LOUPE_ENV_PREFIX_ONLY", "true")
+    s = Settings(_env_file=env)
+    assert s.device == "cpu" and s.blur_threshold == 90 and s.max_batch_size == 32 and s.quality_min == 0.7
+    monkeypatch.delenv("LOUPE_DEVICE")
+    assert Settings(_env_file=None).device == "auto"

@@ -1,4 +1,5 @@
-"""Health, version and the operations this instance offers."""
+"""Health, version and the operations this instance offers (routed in app.api.v1.router: /health and
+/v1/version open, /v1/operations behind the API key)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,14 @@ import platform
 import time
 from importlib import metadata
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from app.core.config import API_VERSION, VERSION
 from app.schemas.system import HealthResponse, ModelStatus, Operation, OperationsResponse, VersionResponse
 
-router = APIRouter(tags=["system"])
-
-_LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "pyiqa",
-         "deepface", "scikit-learn", "litellm")
+_LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "timm",
+         "deepface", "ai-edge-litert", "scikit-learn", "limits", "litellm")
 
 
 def health_payload(request: Request) -> tuple[HealthResponse, int]:
@@ -26,8 +25,8 @@ def health_payload(request: Request) -> tuple[HealthResponse, int]:
     for name, m in models.items():
         if m.preload and m.state == "failed":
             problems.append(f"preloaded model {name} failed: {m.last_error}")
-    if getattr(state.pool, "_shutdown", False):
-        problems.append("the worker pool is shut down")
+    if not getattr(state, "accepting", False):
+        problems.append("the service is shutting down (its worker pool is closed)")
     if problems:
         status = "unavailable"
     elif any(m.state == "failed" or not m.files_present for m in models.values()):
@@ -40,14 +39,11 @@ def health_payload(request: Request) -> tuple[HealthResponse, int]:
     return body, 503 if status == "unavailable" else 200
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness and readiness, with every model's state",
-            responses={503: {"model": HealthResponse, "description": "A preloaded model failed."}})
 async def health(request: Request):
     body, code = health_payload(request)
     return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
-@router.get("/version", response_model=VersionResponse, summary="Version of Loupe and its main libraries")
 async def version() -> VersionResponse:
     libs = {}
     for lib in _LIBS:
@@ -117,6 +113,5 @@ def llm_operation(s) -> Operation:
                                "llm_image_max_dim": s.llm_image_max_dim})
 
 
-@router.get("/operations", response_model=OperationsResponse, summary="The analyses this instance offers")
 async def operations(request: Request) -> OperationsResponse:
     return OperationsResponse(api_version=API_VERSION, operations=operations_list(request))
