@@ -7,15 +7,17 @@ PORT ?= 8000
 WORKERS ?= 1
 export LITELLM_LOCAL_MODEL_COST_MAP ?= True
 
-.PHONY: install run test bench models clean
+.PHONY: install run test lint bench models clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# several packages install different opencv distributions into the same cv2/ folder:
 	# reinstall the headless contrib build last so cv2/ is one consistent 4.x build
 	$(PY) -m pip install -q --force-reinstall --no-deps opencv-contrib-python-headless==4.14.0.94
+	# this project itself, editable: the `loupe` console script (dependencies are the pins above)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +27,11 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle, bugbear, isort, pyupgrade) and mypy, settings in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check app scripts
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) scripts/bench.py $(BENCH_ARGS)
