@@ -140,30 +140,41 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):
-    def __init__(self, allow_private: bool, **kwargs):
-        super().__init__(**kwargs)
-        pool = self._pool
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=pool._ssl_context,
-            max_connections=pool._max_connections,
-            max_keepalive_connections=pool._max_keepalive_connections,
-            keepalive_expiry=pool._keepalive_expiry,
-            http1=pool._http1,
-            http2=pool._http2,
-            retries=0,
+    """httpx's transport over an httpcore pool whose network backend is the guard.
+
+    httpx takes no network backend, so the pool it builds is replaced by one built here from our own
+    settings (public httpx / httpcore API), and `use_pool` is the one place that relies on httpx's
+    private `_pool` attribute: tests/unit/test_fetch_guard.py fails loudly if an upgrade renames it."""
+
+    def __init__(self, allow_private: bool, limits: httpx.Limits):
+        super().__init__(limits=limits, retries=0, trust_env=False)
+        use_pool(self, httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True, http2=False, retries=0,
             network_backend=GuardedBackend(allow_private),
-        )
+        ))
+
+
+def use_pool(transport: httpx.AsyncHTTPTransport, pool: httpcore.AsyncConnectionPool) -> None:
+    """Make `transport` send through `pool` (httpx 0.28 keeps it as `_pool` and reads nothing else of it)."""
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport no longer keeps its connection pool in `_pool`: "
+                           "the SSRF guard cannot be installed; pin httpx or update app.imaging.fetch.use_pool")
+    transport._pool = pool
 
 
 def make_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
     return httpx.AsyncClient(
-        transport=GuardedTransport(settings.allow_private_urls),
+        transport=GuardedTransport(settings.allow_private_urls,
+                                   httpx.Limits(max_connections=64, max_keepalive_connections=16)),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,  # never route image fetches through an env proxy
         headers={"User-Agent": f"Loupe/{VERSION} (+image analysis)", "Accept": "image/*,*/*;q=0.5"},
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
     )
 
 
