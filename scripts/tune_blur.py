@@ -46,7 +46,7 @@ import os  # noqa: E402
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from app.cli import IMAGE_EXTENSIONS, iter_images  # noqa: E402
+from app.cli.manifest import IMAGE_EXTENSIONS, iter_images  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.core.errors import ApiError  # noqa: E402
 from app.imaging.decode import decode_image  # noqa: E402

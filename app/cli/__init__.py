@@ -1,0 +1,41 @@
+"""`loupe` / `python -m app.cli`: score a folder of photos, or group a burst and keep the best shots.
+
+Both commands go through the HTTP API: in-process by default (the real app,
+its lifespan run, behind an ASGI transport: no server needed, the same code path
+as the server), or against a running Loupe with --server URL --api-key KEY.
+
+The package is split by what each part holds: manifest.py (what to analyse),
+client.py (the API, in-process or remote), writer.py (score's CSV + JSONL),
+sheet.py (cluster's contact sheet and JSON), parser.py (flags and help),
+commands.py (the runs and `main`), errors.py (failures → exit codes). The names
+below are re-exported for tests and scripts that import them from `app.cli`.
+"""
+
+import os
+
+# set before anything imports litellm (app.main does, in-process): use the bundled cost map, never fetch it
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from app.cli.commands import main, run_cluster, run_score, score_batch, score_items  # noqa: E402
+from app.cli.errors import (  # noqa: E402
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SERVER,
+    EXIT_USAGE,
+    RefusedError,
+    ServerError,
+    UsageError,
+)
+from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect, iter_images, read_manifest  # noqa: E402
+from app.cli.parser import ANALYSES, build_parser  # noqa: E402
+from app.cli.writer import CSV_FIELDS, OutputLock, Writer  # noqa: E402
+
+__all__ = [
+    "ANALYSES", "CSV_FIELDS", "EXIT_CODES_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED",
+    "EXIT_SERVER", "EXIT_USAGE", "IMAGE_EXTENSIONS", "Item", "OutputLock", "RefusedError", "ServerError",
+    "UsageError", "Writer", "build_parser", "collect", "iter_images", "main", "read_manifest", "run_cluster",
+    "run_score", "score_batch", "score_items",
+]

@@ -1,0 +1,118 @@
+"""The one HTTP client both commands talk through: the real app in this process, or a running server.
+
+The CLI never calls the services directly: in-process it runs the real app (its
+lifespan included) behind an ASGI transport, so a CLI run takes exactly the code
+path of a server request, and --server only swaps the transport. Connection and
+authentication failures become `ServerError` here, so the commands see either an
+answer (status, body) or one error that maps to exit code 3.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+
+from app.cli.errors import ServerError
+
+
+def describe_error(body: Any, status: int) -> dict[str, Any]:
+    """The API's error envelope → {type, message, detail}; anything else → a generic error."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        e = body["error"]
+        return {"type": e.get("type") or "http_error", "message": e.get("message") or f"HTTP {status}",
+                "detail": e.get("detail"), "status_code": status}
+    return {"type": "http_error", "message": f"HTTP {status} from the server", "detail": None, "status_code": status}
+
+
+class Api:
+    """One HTTP client for the run: to --server, or to the real app in this process."""
+
+    def __init__(self, server: str | None, api_key: str | None, timeout: float, verbose: bool = False,
+                 overrides: dict[str, Any] | None = None):
+        self.server = server.rstrip("/") if server else None
+        self.api_key = api_key
+        self.timeout = timeout
+        self.verbose = verbose
+        self.overrides = overrides or {}
+        self.stack = AsyncExitStack()
+        self.client: httpx.AsyncClient | None = None
+        self.settings = None
+
+    @property
+    def where(self) -> str:
+        return self.server or "in-process Loupe"
+
+    async def __aenter__(self) -> "Api":
+        headers = {"User-Agent": "loupe-cli"}
+        if self.server:
+            if self.api_key:
+                headers["X-Api-Key"] = self.api_key
+            self.client = await self.stack.enter_async_context(httpx.AsyncClient(
+                base_url=self.server, headers=headers, timeout=httpx.Timeout(self.timeout, connect=10.0)))
+        else:
+            app = build_app(self.verbose, self.overrides)
+            self.settings = app.state.settings
+            await self.stack.enter_async_context(app.router.lifespan_context(app))
+            self.client = await self.stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://loupe.local", headers=headers,
+                timeout=httpx.Timeout(None)))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stack.aclose()
+
+    async def call(self, method: str, path: str, **kw) -> tuple[int, Any]:
+        assert self.client is not None
+        try:
+            resp = await self.client.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+                raise
+            raise ServerError(f"cannot reach {self.where}: {type(exc).__name__}: {exc}") from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code in (401, 403):
+            err = describe_error(body, resp.status_code)
+            hint = "" if self.api_key else " (pass --api-key or set LOUPE_API_KEY)"
+            raise ServerError(f"{self.where} refused the request: {err['message']}{hint}")
+        return resp.status_code, body
+
+    async def operations(self) -> list[dict[str, Any]]:
+        try:
+            status, body = await self.call("GET", "/v1/operations")
+        except httpx.TimeoutException as exc:
+            raise ServerError(f"no answer from {self.where} within {self.timeout:g} s") from exc
+        if status == 404 and self.server:
+            raise ServerError(f"{self.server} does not look like a Loupe server (GET /v1/operations answered 404)")
+        if status != 200 or not isinstance(body, dict):
+            raise ServerError(f"{self.where}: GET /v1/operations failed: {describe_error(body, status)['message']}")
+        return body.get("operations", [])
+
+
+def build_app(verbose: bool, overrides: dict[str, Any]):
+    """The real app with the settings of the environment / .env, minus what makes no sense in-process."""
+    import logging
+
+    from app.core.config import Settings
+    from app.main import create_app
+
+    settings = Settings(**{"log_level": "INFO" if verbose else "ERROR", "log_json": False, "rate_limit": "",
+                           "api_keys": "", "api_key": "", **overrides})
+    app = create_app(settings)
+    for h in logging.getLogger().handlers:  # keep stdout for our own output
+        if getattr(h, "_loupe", False) and isinstance(h, logging.StreamHandler):
+            h.setStream(sys.stderr)
+    return app
+
+
+def warn_unavailable(ops: list[dict[str, Any]], flags: dict[str, bool], where: str) -> None:
+    for op in ops:
+        flag = op.get("flag")
+        if flag and flags.get(flag) and not op.get("available") and not op.get("ready"):
+            print(f"note: {op['name']} is not fully available on {where} (its model files are missing); "
+                  "its values may be empty", file=sys.stderr)

@@ -1,0 +1,255 @@
+"""The two commands, `score` and `cluster`, and `main`, which turns their failures into exit codes.
+
+Each command reads its inputs (manifest.py), talks to Loupe through one `Api`
+(client.py) and hands the answers to its outputs (writer.py, sheet.py); what is
+left here is the flow of a run: batching, concurrency, retries, resuming, and the
+one-line summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.cli.client import Api, describe_error, warn_unavailable
+from app.cli.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SERVER,
+    EXIT_USAGE,
+    RefusedError,
+    ServerError,
+    UsageError,
+)
+from app.cli.manifest import IMAGE_EXTENSIONS, Item, b64_of, collect
+from app.cli.parser import ANALYSES, build_parser
+from app.cli.sheet import export_best, groups_json, render_contact_sheet, thumbnail_data_uri
+from app.cli.writer import OutputLock, Writer, load_done
+
+
+# --- score -----------------------------------------------------------------------------------------------------
+async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], writer: Writer, retries: int = 3) -> None:
+    """Send one /v1/analyze/batch request; every image ends as a row (result or error)."""
+    images: list[dict[str, Any]] = []
+    sendable: list[Item] = []
+    for it in batch:
+        if it.url:
+            images.append({"url": it.url, "image_id": it.image_id[:256]})
+            sendable.append(it)
+            continue
+        try:
+            data = await asyncio.to_thread(b64_of, it.path)
+        except OSError as exc:
+            writer.write(it, None, {"type": "unreadable_file", "message": f"{type(exc).__name__}: {exc.strerror or exc}"})
+            continue
+        images.append({"base64": data, "image_id": it.image_id[:256]})
+        sendable.append(it)
+    if not sendable:
+        return
+    for attempt in range(retries + 1):
+        try:
+            status, body = await api.call("POST", "/v1/analyze/batch", json={"images": images, **flags})
+        except httpx.TimeoutException as exc:
+            err = {"type": "timeout", "message": f"no answer from {api.where} within {api.timeout:g} s ({type(exc).__name__})"}
+            for it in sendable:
+                writer.write(it, None, err)
+            return
+        if status == 429 and attempt < retries:
+            await asyncio.sleep(min(60.0, 2.0 ** attempt * 2))
+            continue
+        break
+    if status == 200 and isinstance(body, dict) and len(body.get("results", [])) == len(sendable):
+        for it, res in zip(sendable, body["results"]):
+            writer.write(it, res, res.get("error"))
+        return
+    err = describe_error(body, status)
+    if status == 413 and len(sendable) > 1 and err["type"] == "payload_too_large":
+        half = len(sendable) // 2  # the server takes fewer per request: split and go on
+        await score_batch(api, sendable[:half], flags, writer, retries)
+        await score_batch(api, sendable[half:], flags, writer, retries)
+        return
+    for it in sendable:
+        writer.write(it, None, err)
+
+
+async def run_score(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    items = collect(args.source)
+    if not items:
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {args.source}")
+    with OutputLock(out):
+        return await score_items(args, items)
+
+
+async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
+    out: Path = args.out
+    jsonl_path = out.with_name(out.name + ".jsonl")
+    fresh = not args.resume
+    done, failed_before = (set(), set()) if fresh else load_done(jsonl_path)
+    skip = done - failed_before if args.retry_failed else done
+    todo = [it for it in items if it.key not in skip]
+    seen: set[str] = set()
+    todo = [it for it in todo if not (it.key in seen or seen.add(it.key))]  # a manifest may list a file twice
+    skipped = len(items) - len(todo)
+    if not todo:
+        print(f"nothing to do: all {len(items)} images are already in {jsonl_path} (use --no-resume to start over)")
+        return EXIT_OK
+    flags = {api_flag: getattr(args, opt) for api_flag, opt, _, _ in ANALYSES}
+    batch_size = max(1, args.batch_size)
+    t0 = time.perf_counter()
+    async with Api(args.server, args.api_key, args.timeout, args.verbose) as api:
+        if api.settings is not None:
+            batch_size = min(batch_size, api.settings.max_batch_size)
+        warn_unavailable(await api.operations(), flags, api.where)
+        writer = Writer(out, fresh)
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="img", desc="scoring", file=sys.stderr, dynamic_ncols=True,
+                       disable=not args.progress, smoothing=0.1)
+            sem = asyncio.Semaphore(max(1, args.concurrency))
+
+            async def one(batch: list[Item]) -> None:
+                async with sem:
+                    # every item of a batch ends as exactly one row; counting the writer's rows
+                    # here would also count the rows other batches wrote meanwhile
+                    await score_batch(api, batch, flags, writer)
+                    bar.update(len(batch))
+                    bar.set_postfix(failed=writer.failed, refresh=False)
+
+            batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+            tasks = [asyncio.create_task(one(b)) for b in batches]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            finally:
+                bar.close()
+        finally:
+            writer.close()
+    dt = time.perf_counter() - t0
+    print(f"scored {writer.rows} image(s) in {dt:.1f} s ({writer.rows / dt:.1f}/s), {writer.failed} failed"
+          + (f", {skipped} already done" if skipped else "") + f" → {writer.csv_path}, {writer.jsonl_path}")
+    return EXIT_FAILED if writer.failed else EXIT_OK
+
+
+# --- cluster ---------------------------------------------------------------------------------------------------
+async def run_cluster(args: argparse.Namespace) -> int:
+    root: Path = args.folder
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder")
+    export_dir = args.copy_best or args.link_best
+    items = collect(root, exclude=[export_dir] if export_dir else [])
+    if not items:
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
+    ids: list[str] = []
+    for n, it in enumerate(items):  # ids must be unique and at most 256 characters
+        ids.append(it.key if len(it.key) <= 256 else f"#{n}:{it.key[-200:]}")
+    key_of = dict(zip(ids, (it.key for it in items)))
+    path_of = {it.key: it.path for it in items}
+    t0 = time.perf_counter()
+    progress = args.progress
+    if progress:
+        print(f"reading {len(items)} images…", file=sys.stderr)
+    images = []
+    unreadable: list[dict[str, Any]] = []
+    for iid, it in zip(ids, items):
+        try:
+            images.append({"base64": await asyncio.to_thread(b64_of, it.path), "image_id": iid})
+        except OSError as exc:
+            unreadable.append({"image_id": iid, "error": {"type": "unreadable_file", "message": str(exc)}})
+    payload = {"images": images, "eps": args.eps, "hash_max_distance": args.hash_max_distance,
+               "use_embeddings": args.embeddings, "rank_by_quality_models": args.quality_models}
+    overrides = {"max_cluster_images": max(len(images), 1)} if not args.server else {}
+    async with Api(args.server, args.api_key, args.timeout, args.verbose, overrides) as api:
+        if progress:
+            print(f"grouping {len(images)} images on {api.where}…", file=sys.stderr)
+        try:
+            status, body = await api.call("POST", "/v1/cluster/images", json=payload)
+        except httpx.TimeoutException as exc:
+            raise ServerError(f"no answer from {api.where} within {args.timeout:g} s ({type(exc).__name__})") from exc
+    if status == 404:
+        raise RefusedError(f"{api.where} has no POST /v1/cluster/images (an older Loupe?)")
+    if status != 200 or not isinstance(body, dict):
+        err = describe_error(body, status)
+        raise RefusedError(f"{api.where} refused the set: {err['message']}")
+    body.setdefault("failed", [])
+    body["failed"] = list(body["failed"]) + unreadable
+    elapsed = time.perf_counter() - t0
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        thumbs = dict(zip(ids, tqdm(pool.map(lambda it: thumbnail_data_uri(it.path, args.thumb_size), items),
+                                    total=len(items), desc="thumbnails", unit="img", file=sys.stderr,
+                                    disable=not progress)))
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    html_path = out.with_name(out.name + ".html")
+    json_path = out.with_name(out.name + ".json")
+    html_path.write_text(render_contact_sheet(root, body, key_of, thumbs, elapsed), encoding="utf-8")
+    summary = groups_json(root, body, key_of)
+    json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    msg = (f"{len(items)} images → {len(summary['groups'])} group(s), {len(summary['singletons'])} unique, "
+           f"{len(summary['failed'])} failed; wrote {html_path} and {json_path}")
+    if export_dir:
+        n = export_best(summary["keep"], path_of, export_dir, link=bool(args.link_best))
+        msg += f"; {'linked' if args.link_best else 'copied'} {n} best shot(s) to {export_dir}"
+    print(msg)
+    return EXIT_FAILED if summary["failed"] else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for a usage error
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    args.server = args.server or os.environ.get("LOUPE_SERVER") or None
+    args.api_key = args.api_key or os.environ.get("LOUPE_API_KEY") or None
+    if args.command == "score":
+        if args.all:
+            for _, opt, _, _ in ANALYSES:
+                setattr(args, opt, True)
+        if not any(getattr(args, opt) for _, opt, _, _ in ANALYSES):
+            print("loupe score: error: every analysis is turned off", file=sys.stderr)
+            return EXIT_USAGE
+        if args.batch_size < 1 or args.concurrency < 1:
+            print("loupe score: error: --batch-size and --concurrency must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+    if args.command == "cluster" and not 32 <= args.thumb_size <= 1024:
+        print("loupe cluster: error: --thumb-size must be between 32 and 1024", file=sys.stderr)
+        return EXIT_USAGE
+    runner = run_score if args.command == "score" else run_cluster
+    try:
+        return asyncio.run(runner(args))
+    except UsageError as exc:
+        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerError as exc:
+        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except RefusedError as exc:
+        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print(f"\nloupe {args.command}: interrupted" + ("; run the same command again to resume" if args.command == "score" else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,141 @@
+"""The command line's surface: `loupe`, `loupe score`, `loupe cluster`, their options and help text.
+
+Only argparse lives here, so the whole user-facing contract (flags, defaults,
+help, exit-code table) reads in one place and the commands stay plain functions
+of the parsed `Namespace`. `ANALYSES` ties each `score` option to the flag of
+/v1/analyze it sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from app.cli.errors import EXIT_CODES_HELP
+from app.cli.manifest import IMAGE_EXTENSIONS
+from app.cli.writer import CSV_FIELDS
+
+ANALYSES = (  # flag name in the API, CLI option, default, help
+    ("run_blur", "blur", True, "sharpness: variance of the Laplacian, is_blurry against BLUR_THRESHOLD"),
+    ("run_exposure", "exposure", True, "mean brightness, clipping, verdict against BRIGHT_MIN/BRIGHT_MAX"),
+    ("run_quality", "quality", True, "the 0-1 quality score and band (BRISQUE / NIMA technical when available)"),
+    ("run_aesthetic", "aesthetic", False, "NIMA aesthetic (1-10); LAION aesthetic too when --embedding is on"),
+    ("run_faces", "faces", False, "face boxes (YuNet)"),
+    ("run_emotion", "emotion", False, "faces with their dominant emotion (DeepFace)"),
+    ("run_embedding", "embedding", False, "CLIP embedding (written to the JSONL only)"),
+)
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's exit-code table as written; descriptions are wrapped by `wrap`."""
+
+
+def wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=min(100, shutil.get_terminal_size((100, 20)).columns - 2))
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the analysis runs")
+    g.add_argument("--server", metavar="URL", default=None,
+                   help="Base URL of a running Loupe (e.g. http://127.0.0.1:8000). Default: env LOUPE_SERVER, else "
+                        "run Loupe in this process with the settings of the environment / .env (no server needed).")
+    g.add_argument("--api-key", metavar="KEY", default=None,
+                   help="API key for --server, sent as X-Api-Key. Default: env LOUPE_API_KEY (preferred: keeps it "
+                        "out of the shell history and the process list).")
+    g.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="Seconds to wait for one request to --server (default: %(default)g).")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="Show a progress bar (rate and ETA) on stderr. Default: on when stderr is a terminal.")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="Log the in-process service at INFO level on stderr (default: errors only).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="loupe", formatter_class=Formatter,
+        description=wrap("Loupe from the command line: score every photo of a folder, or group near-duplicates "
+                    "and keep the best shot of each group. Runs Loupe in-process (no server needed) or "
+                    "against a running server (--server)."),
+        epilog=EXIT_CODES_HELP + "\nrun `loupe score --help` or `loupe cluster --help` for each command's options.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    sc = sub.add_parser(
+        "score", formatter_class=Formatter, help="analyse every image of a folder or manifest → CSV + JSONL",
+        description=wrap("Analyse every image of a folder (recursively; " + ", ".join(IMAGE_EXTENSIONS) + ") or of a "
+                    "manifest (CSV with a path/url column, JSONL of strings or {\"path\"|\"url\", \"image_id\"} "
+                    "objects, or TXT with one path or URL per line; relative paths are relative to the manifest). "
+                    "Images are sent in /v1/analyze/batch requests of --batch-size, --concurrency at a time. Each "
+                    "image gives one JSONL line (the full result, or its error) and one CSV row (the key numbers). "
+                    "Outputs are appended as results come: an interrupted run resumes where it stopped when run "
+                    "again (images already in PREFIX.jsonl are skipped). A failed image is a row with its error, "
+                    "never a stop."),
+        epilog=wrap("CSV columns: " + ", ".join(CSV_FIELDS) + ".") + "\n\n" + EXIT_CODES_HELP + """
+examples:
+  loupe score ~/photos --out scores
+  loupe score urls.csv --aesthetic --faces --emotion --out run1
+  LOUPE_API_KEY=… loupe score ~/photos --server http://loupe:8000 --concurrency 4 --batch-size 16
+""")
+    sc.add_argument("source", type=Path, metavar="DIR_OR_MANIFEST", help="Folder of images, or a .csv/.jsonl/.txt manifest.")
+    sc.add_argument("--out", type=Path, default=Path("loupe-scores"), metavar="PREFIX",
+                    help="Output prefix: writes PREFIX.csv and PREFIX.jsonl (default: %(default)s).")
+    g = sc.add_argument_group("analyses (each flag of /v1/analyze; --no-X turns one off)")
+    for api_flag, opt, default, text in ANALYSES:
+        g.add_argument(f"--{opt}", dest=opt, action=argparse.BooleanOptionalAction, default=default,
+                       help=f"{text} ({api_flag}; default: {'on' if default else 'off'}).")
+    g.add_argument("--all", action="store_true", help="Turn every analysis on.")
+    r = sc.add_argument_group("throughput and resuming")
+    r.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="Images per /v1/analyze/batch request (capped at MAX_BATCH_SIZE in-process; "
+                        "a server that answers 413 gets smaller requests; default: %(default)s).")
+    r.add_argument("--concurrency", type=int, default=2, metavar="N",
+                   help="Requests in flight at once (default: %(default)s).")
+    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="Skip images already in PREFIX.jsonl and append (the default). --no-resume overwrites both "
+                        "outputs.")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="When resuming, process again the images whose last row is an error (the new row is appended; "
+                        "the last row of an image is the one that counts).")
+    add_connection_args(sc)
+
+    cl = sub.add_parser(
+        "cluster", formatter_class=Formatter, help="group near-duplicates, pick the best shot → HTML contact sheet + JSON",
+        description=wrap("Group the near-duplicate shots of a folder (bursts, re-saves, crops) and pick the best shot of "
+                    "each group, through POST /v1/cluster/images (perceptual hashes, and CLIP embeddings when the "
+                    "model is ready; ranked by the quality score). Writes PREFIX.html, a self-contained contact sheet "
+                    "(thumbnails embedded, grouped, the best shot marked, rejected shots greyed with the reason, "
+                    "scores under each), and PREFIX.json with the groups. --copy-best / --link-best put the best shot "
+                    "of every group and every unique shot into a folder (keeping the relative paths)."),
+        epilog=wrap("PREFIX.json: {folder, features_used, params, groups: [{group_id, size, best, reason, linked_by, "
+               "members: [{path, rank, is_best, quality_score, ranked_by, rejected_reason}]}], singletons, failed: "
+               "[{path, error}], keep: [the best shots and the unique shots]}.") + "\n\n" + EXIT_CODES_HELP + """
+examples:
+  loupe cluster ~/burst --out contact
+  loupe cluster ~/trip --copy-best ~/trip-keepers --fast
+""")
+    cl.add_argument("folder", type=Path, metavar="DIR", help="Folder of images (searched recursively).")
+    cl.add_argument("--out", type=Path, default=Path("loupe-clusters"), metavar="PREFIX",
+                    help="Output prefix: writes PREFIX.html and PREFIX.json (default: %(default)s).")
+    ex = cl.add_mutually_exclusive_group()
+    ex.add_argument("--copy-best", type=Path, metavar="DIR",
+                    help="Copy the best shot of each group and every unique shot into DIR (skipped when scanning).")
+    ex.add_argument("--link-best", type=Path, metavar="DIR", help="Like --copy-best, with symbolic links instead of copies.")
+    p = cl.add_argument_group("grouping (the fields of PhotoSetRequest)")
+    p.add_argument("--eps", type=float, default=0.08,
+                   help="Cosine-distance radius on CLIP embeddings for 'same scene' (when CLIP is ready; "
+                        "default: %(default)s).")
+    p.add_argument("--hash-max-distance", type=int, default=10, metavar="BITS",
+                   help="Max Hamming distance (of 64 bits) between perceptual hashes of near-exact duplicates "
+                        "(default: %(default)s).")
+    p.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="Use CLIP embeddings when the model is ready (default: on).")
+    p.add_argument("--quality-models", action=argparse.BooleanOptionalAction, default=True,
+                   help="Rank with the full quality score (BRISQUE/NIMA when available; the default); --no-quality-models ranks "
+                        "by blur/exposure only, faster.")
+    p.add_argument("--fast", dest="quality_models", action="store_false", help="Same as --no-quality-models.")
+    p.add_argument("--thumb-size", type=int, default=256, metavar="PX", help="Longest side of the embedded thumbnails (default: %(default)s).")
+    add_connection_args(cl)
+    return ap

@@ -1,0 +1,138 @@
+"""The outputs of `score`: one JSONL line and one CSV row per image, appended as results come.
+
+Appending and flushing per image is what makes a run resumable: `load_done`
+reads back which images are already in the JSONL, and `OutputLock` keeps two runs
+from appending to the same files. The CSV carries the key numbers (`flatten`),
+the JSONL the full result or error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from app.cli.errors import UsageError
+from app.cli.manifest import Item
+
+CSV_FIELDS = ("path", "image_id", "width", "height", "laplacian_variance", "is_blurry", "mean_brightness", "verdict",
+              "quality_score", "quality_band", "quality_is_ok", "brisque", "nima", "aesthetic", "aesthetic_laion",
+              "faces", "emotions", "error")
+
+
+def flatten(key: str, image_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
+    row: dict[str, Any] = {k: "" for k in CSV_FIELDS}
+    row["path"], row["image_id"] = key, image_id
+    if error:
+        row["error"] = f"{error.get('type')}: {error.get('message')}"
+    if not result:
+        return row
+
+    def ok(section: str) -> dict[str, Any] | None:
+        v = result.get(section)
+        return v if isinstance(v, dict) and v.get("status") == "ok" else None
+
+    def val(v: Any) -> Any:
+        return "" if v is None else v
+
+    row["width"], row["height"] = val(result.get("width_px")), val(result.get("height_px"))
+    if b := ok("blur"):
+        row["laplacian_variance"], row["is_blurry"] = val(b.get("laplacian_variance")), val(b.get("is_blurry"))
+    if e := ok("exposure"):
+        row["mean_brightness"], row["verdict"] = val(e.get("mean_brightness")), val(e.get("verdict"))
+    if q := ok("quality"):
+        row["quality_score"], row["quality_band"], row["quality_is_ok"] = (
+            val(q.get("score")), val(q.get("band")), val(q.get("is_ok")))
+        row["brisque"], row["nima"] = val(q.get("brisque")), val(q.get("nima_technical"))
+    if a := ok("aesthetic"):
+        row["aesthetic"], row["aesthetic_laion"] = val(a.get("nima_score")), val(a.get("laion_score"))
+    faces = ok("faces")
+    emo = ok("emotion")
+    if faces:
+        row["faces"] = faces.get("count", 0)
+    elif emo:
+        row["faces"] = emo.get("count", 0)
+    if emo:
+        row["emotions"] = ";".join(f.get("dominant_emotion", "") for f in emo.get("faces", []))
+    return row
+
+
+def load_done(jsonl: Path) -> tuple[set[str], set[str]]:
+    """Keys already in the JSONL output: (all, those whose last row is an error)."""
+    last_error: dict[str, bool] = {}
+    if jsonl.exists():
+        with jsonl.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: that image is simply done again
+                if isinstance(obj, dict) and isinstance(obj.get("path"), str):
+                    last_error[obj["path"]] = obj.get("error") is not None
+    return set(last_error), {k for k, v in last_error.items() if v}
+
+
+class Writer:
+    """Appends one JSONL line and one CSV row per image, flushed as they come (so a crash loses nothing)."""
+
+    def __init__(self, prefix: Path, fresh: bool):
+        self.jsonl_path = prefix.with_name(prefix.name + ".jsonl")
+        self.csv_path = prefix.with_name(prefix.name + ".csv")
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "w" if fresh else "a"
+        new_csv = fresh or not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        self.jsonl = self.jsonl_path.open(mode, encoding="utf-8")
+        self.csv_fh = self.csv_path.open(mode, newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(self.csv_fh, fieldnames=CSV_FIELDS)
+        if new_csv:
+            self.csv.writeheader()
+        self.rows = 0
+        self.failed = 0
+
+    def write(self, item: Item, result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+        if error is not None:
+            error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
+        source = item.url if item.url else str(item.path)
+        line = {"path": item.key, "image_id": item.image_id, "source": source, "error": error, "result": result,
+                "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.jsonl.flush()
+        self.csv.writerow(flatten(item.key, item.image_id, result, error))
+        self.csv_fh.flush()
+        self.rows += 1
+        self.failed += error is not None
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.csv_fh.close()
+
+
+class OutputLock:
+    """An exclusive lock on PREFIX.lock while a run writes PREFIX.csv/.jsonl, so that two runs never append
+    to the same files (POSIX flock: released by the OS if the process dies; the file is removed at the end)."""
+
+    def __init__(self, prefix: Path):
+        self.path = prefix.with_name(prefix.name + ".lock")
+        self.fh = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = self.path.open("a")
+        try:
+            import fcntl
+
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except OSError as exc:
+            self.fh.close()
+            self.fh = None
+            raise UsageError(f"another run is writing {self.path.with_suffix('')}.* (locked: {self.path})") from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fh is not None:
+            self.path.unlink(missing_ok=True)
+            self.fh.close()
