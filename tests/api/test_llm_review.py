@@ -25,13 +25,10 @@ from app.core.config import Settings
 from app.main import create_app
 from tests.servers import FakeLLM, LiveServer, Reply
 from app.schemas.review import LlmReview
-from app.services.review import (
-    PLACEHOLDER_KEY,
-    InvalidOutput,
-    extract_json,
-    scrub,
-    wire_schema,
-)
+from app.llm.errors import scrub
+from app.llm.parse import InvalidOutput, extract_json
+from app.llm.prompt import wire_schema
+from app.llm.provider import PLACEHOLDER_KEY
 from tests.helpers import encode, photo
 
 SECRET = "sk-test-SECRET-0123456789abcdef"

@@ -10,6 +10,7 @@ from app.api.deps import ImageRequestSpec, read_image_request, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
 from app.core.errors import ApiError
 from app.imaging.sources import ImageSource
+from app.llm import EncodedImage, encode_for_llm, pick_model, review_group, review_image
 from app.schemas.common import ErrorEnvelope
 from app.schemas.review import (
     LLM_GROUP_MAX,
@@ -20,7 +21,6 @@ from app.schemas.review import (
     LlmReviewRequest,
     LlmReviewResponse,
 )
-from app.services.review import EncodedImage, encode_for_llm, pick_model, review_group, review_image
 
 router = APIRouter(tags=["llm review"])
 
