@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
-export LITELLM_LOCAL_MODEL_COST_MAP ?= True
 
 .PHONY: install run test lint bench models clean
 

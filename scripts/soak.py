@@ -165,7 +165,7 @@ def main() -> int:
                         "--model-dir", str(model_dir)], check=False, stdout=subprocess.DEVNULL)
         print(f"# models copied into MODEL_DIR: {', '.join(sorted(p.name for p in model_dir.iterdir())) or 'none'}")
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "WARNING"}
     for kv in args.env:
         k, _, v = kv.partition("=")
         env[k] = v

@@ -42,10 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import os  # noqa: E402
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 from app.cli.manifest import IMAGE_EXTENSIONS, iter_images  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.core.errors import ApiError  # noqa: E402

@@ -13,9 +13,6 @@ below are re-exported for tests and scripts that import them from `app.cli`.
 
 import os
 
-# set before anything imports litellm (app.main does, in-process): use the bundled cost map, never fetch it
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 from app.cli.commands import main, run_cluster, run_score, score_batch, score_items  # noqa: E402
 from app.cli.errors import (  # noqa: E402
     EXIT_CODES_HELP,

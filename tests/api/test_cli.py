@@ -92,7 +92,7 @@ def strip(result: dict) -> dict:
 
 def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 180):
     env = {k: v for k, v in os.environ.items() if k not in ("LOUPE_SERVER", "LOUPE_API_KEY", "API_KEYS", "API_KEY")}
-    env.update({"PYTHONPATH": str(PROJECT_ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    env.update({"PYTHONPATH": str(PROJECT_ROOT)})
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
