@@ -51,6 +51,23 @@ SCHEMA_PROVIDERS_WITH_BASE = frozenset({"openai", "custom_openai", "openai_like"
                                         "ollama", "ollama_chat", "litellm_proxy"})
 # Sent as the key to a keyless OpenAI-compatible server (the OpenAI SDK refuses to run without one).
 PLACEHOLDER_KEY = "sk-no-key-required"
+# The environment variable that holds each common hosted provider's key (what LiteLLM reads).
+PROVIDER_KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
+                     "azure": "AZURE_API_KEY", "mistral": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}
+
+
+def looks_configured(settings: Settings) -> bool:
+    """Whether LLM_DEFAULT_MODEL can probably be reached, without importing LiteLLM (for /v1/operations):
+    a provider that takes LLM_API_BASE with one set, or a hosted provider whose key is in the environment
+    (hosted providers whose key variable Loupe does not know are assumed configured). `resolve_target`
+    decides for real at the first review."""
+    model = settings.llm_default_model
+    provider = model.split("/", 1)[0] if "/" in model else ""
+    if provider in API_BASE_PROVIDERS and settings.llm_api_base.strip():
+        return True
+    if provider in PROVIDER_KEY_VARS:
+        return bool(os.environ.get(PROVIDER_KEY_VARS[provider]))
+    return provider in HOSTED_PROVIDERS
 
 
 _litellm: Any = None

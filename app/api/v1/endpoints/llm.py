@@ -1,4 +1,4 @@
-"""POST /v1/analyze/llm and /v1/analyze/llm/group: the vision-LLM review. Parsing only; logic in services.review."""
+"""POST /v1/analyze/llm and /v1/analyze/llm/group: the vision-LLM review. Parsing only; logic in app.llm."""
 
 from __future__ import annotations
 

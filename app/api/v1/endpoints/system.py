@@ -93,18 +93,11 @@ def operations_list(request: Request) -> list[Operation]:
     ]
 
 
-_PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
-                  "azure": "AZURE_API_KEY", "mistral": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY"}
-
-
 def llm_operation(s) -> Operation:
-    """Ready when the default model can be reached: a custom LLM_API_BASE, or its provider's key in the env."""
-    import os
+    """Ready when the default model can probably be reached (app.llm.provider.looks_configured)."""
+    from app.llm.provider import looks_configured
 
-    provider = s.llm_default_model.split("/", 1)[0] if "/" in s.llm_default_model else ""
-    key_var = _PROVIDER_KEYS.get(provider)
-    configured = bool(s.llm_api_base.strip()) or (key_var is not None and bool(os.environ.get(key_var))) \
-        or (provider not in _PROVIDER_KEYS and bool(provider))
+    configured = looks_configured(s)
     return Operation(name="llm_review", flag=None, endpoint="/v1/analyze/llm",
                      description="Structured photo review by a vision LLM through LiteLLM (also /v1/analyze/llm/group).",
                      models=[], ready=configured, available=configured,
