@@ -1,4 +1,4 @@
-"""Benchmark of app.services.cluster.dbscan on synthetic CLIP-like embeddings.
+"""Benchmark of app.neighbors.dbscan on synthetic CLIP-like embeddings.
 
     python scripts/bench_cluster.py                 # 10k and 100k × 512, cosine, eps 0.35
     python scripts/bench_cluster.py 20000 --dim 768 --no-baseline
@@ -100,7 +100,7 @@ def _one(n: int, dim: int, kind: str, eps: float, min_samples: int, which: str, 
     # warm-up on a small set (imports torch/sklearn, oneDNN kernels), as in a running service
     W = make_embeddings(512, dim, kind=kind, seed=1).astype(np.float64)
     if which == "loupe":
-        from app.services.cluster import dbscan
+        from app.neighbors import dbscan
 
         dbscan(W, eps, min_samples, "cosine", engine=engine)
     else:

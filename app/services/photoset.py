@@ -36,14 +36,14 @@ import numpy as np
 
 from app.imaging.decode import DecodedImage, resize_max
 from app.imaging.sources import ImageSource
+from app.neighbors import UnionFind, dbscan
 from app.schemas import cluster as C
 from app.services import blur as blur_svc
-from app.services import cluster as cluster_svc
 from app.services import exposure as exp_svc
 from app.services import phash as phash_svc
 from app.services import score as score_svc
 from app.services.orchestrator import Ingested, Orchestrator, Plan
-
+from app.services.results import assemble
 
 log = logging.getLogger("loupe.photoset")
 
@@ -63,22 +63,6 @@ class Candidate:
     brightness: float | None = None  # mean grey level (0..255) of the compared copy; None: not aligned
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def hash_links(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
     if len(hashes) < 2:
         return []
@@ -89,7 +73,7 @@ def hash_links(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
 def embedding_links(vectors: np.ndarray, eps: float) -> list[tuple[int, int]]:
     if len(vectors) < 2:
         return []
-    res = cluster_svc.dbscan(vectors, eps=eps, min_samples=2, metric="cosine")
+    res = dbscan(vectors, eps=eps, min_samples=2, metric="cosine")
     links = []
     for members in res.clusters:
         links += [(members[0], m) for m in members[1:]]
@@ -371,7 +355,7 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
     plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=req.rank_by_quality_models,
                 mobilenet=use_mobilenet)
     items = await orch.process(sources, plan)
-    results = [orch.assemble(it, plan) for it in items]
+    results = [assemble(it, plan, orch.settings, orch.registry) for it in items]
     ok = [it for it in items if it.image is not None]
     failed = [C.FailedImage(image_id=it.image_id, error=it.error) for it in items if it.error is not None]
 
@@ -399,14 +383,11 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
     uf = UnionFind(len(ok))
     for a, b in links:
         uf.union(a, b)
-    comps: dict[int, list[int]] = {}
-    for k in range(len(ok)):
-        comps.setdefault(uf.find(k), []).append(k)
 
     by_index = {it.index: r for it, r in zip(items, results)}
     groups: list[C.PhotoGroup] = []
     singletons: list[str] = []
-    for members in comps.values():
+    for members in uf.components():
         if len(members) == 1:
             singletons.append(ok[members[0]].image_id)
             continue

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN
 
-from app.services import cluster as C
-from app.services.cluster import (
+from app.neighbors import (
     ClusterResult,
     as_matrix,
     dbscan,
+    kernels,
     radius_graph,
     validate_cluster_input,
     validate_ids,
@@ -192,9 +192,48 @@ def test_renumbering_orders_clusters_by_first_member():
 
 
 def test_fallback_when_int8_is_unavailable(monkeypatch):
-    monkeypatch.setitem(C._INT8_STATE, "ok", False)
+    monkeypatch.setitem(kernels._INT8_STATE, "ok", False)
     X = clustered(200, 16, seed=4)
     r = dbscan(X, 0.3, 2)
+    assert r.params["engine"] == "float32"
+    assert same_partition(r.labels, reference(X, 0.3, 2, "cosine"))
+
+
+def test_int8_matmul_is_exact():
+    """Guards the private ``torch._int_mm`` behind kernels.int8_matmul: a torch upgrade that
+    removes it, renames it or changes its result (dtype, layout, saturation) fails here loudly,
+    both in the plain form (the self-test) and the ``out=`` form (the scan's blocks)."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    for m, k, n in [(64, 512, 192), (33, 520, 64), (1, 8, 64)]:  # k: multiples of 8; m = 1: a last row block
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        b = rng.integers(-128, 128, (n, k), dtype=np.int8)
+        a[0], b[0], b[1] = 127, -128, 127  # extremes: int32 sums near k·2^14, no saturation allowed
+        want = a.astype(np.int64) @ b.astype(np.int64).T
+        got = kernels.int8_matmul(torch.from_numpy(a), torch.from_numpy(b).T)  # transposed view, as the scan uses
+        assert got.dtype == torch.int32 and tuple(got.shape) == (m, n)
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), want)
+        buf = torch.full((m * n + 5,), -1, dtype=torch.int32)
+        out = buf[: m * n].view(m, n)  # a view into a larger buffer, as the scan's blocks are
+        kernels.int8_matmul(torch.from_numpy(a), torch.from_numpy(b).T, out=out)
+        np.testing.assert_array_equal(out.numpy().astype(np.int64), want)
+        assert (buf[m * n :] == -1).all()  # wrote only where asked
+    assert kernels.int8_available()
+
+
+def test_int8_matmul_missing_says_so_and_falls_back(monkeypatch):
+    import torch
+
+    kernels.int8_available()  # settle the verdict first so that monkeypatch restores it afterwards
+    monkeypatch.delattr(torch, "_int_mm")
+    monkeypatch.delitem(kernels._INT8_STATE, "ok")
+    a = torch.zeros((16, 8), dtype=torch.int8)
+    with pytest.raises(kernels.Int8MatmulUnavailable, match=r"torch .* has no torch\._int_mm"):
+        kernels.int8_matmul(a, a.T)
+    assert kernels.int8_available() is False
+    X = clustered(200, 16, seed=4)
+    r = dbscan(X, 0.3, 2, engine="int8")
     assert r.params["engine"] == "float32"
     assert same_partition(r.labels, reference(X, 0.3, 2, "cosine"))
 

@@ -6,12 +6,12 @@ import time
 
 from fastapi import APIRouter, Request
 
+from app import neighbors
 from app.api.deps import ImageRequestSpec, read_image_request, read_json_model, settings_of
 from app.api.v1.openapi_extra import body_json_or_form, component_ref
 from app.core.errors import ValidationFailed
 from app.schemas import cluster as C
 from app.schemas.common import ErrorEnvelope
-from app.services import cluster as cluster_svc
 from app.services.photoset import cluster_photoset
 
 router = APIRouter(tags=["photo sets"])
@@ -25,9 +25,9 @@ def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
         raise ValidationFailed(f"{len(req.embeddings)} vectors sent; the limit is {max_items} (MAX_CLUSTER_ITEMS).",
                                detail={"max_cluster_items": max_items, "received": len(req.embeddings)})
     try:
-        vectors, ids = cluster_svc.validate_cluster_input(req.embeddings, req.image_ids, req.metric)
-        res = cluster_svc.dbscan(vectors, eps=req.eps, min_samples=req.min_samples, metric=req.metric,
-                                 assume_valid=True)
+        vectors, ids = neighbors.validate_cluster_input(req.embeddings, req.image_ids, req.metric)
+        res = neighbors.dbscan(vectors, eps=req.eps, min_samples=req.min_samples, metric=req.metric,
+                               assume_valid=True)
     except ValueError as exc:
         raise ValidationFailed(str(exc)) from exc
     labels = res.labels.tolist()
