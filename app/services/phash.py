@@ -54,6 +54,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from app.neighbors.union_find import UnionFind
+
 HASH_BITS = 64
 HASH_SIZE = 8  # 8×8 low-frequency block
 DCT_SIZE = 32  # image shrunk to 32×32 before the DCT
@@ -148,25 +150,10 @@ def group_by_hash(hashes: Sequence[int] | np.ndarray, max_distance: int = DEFAUL
         raise ValueError(f"max_distance must be within 0..{HASH_BITS}, got {max_distance}.")
     h = _as_u64(hashes)
     n = h.size
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
+    uf = UnionFind(n)
     if n > 1:
         d = hamming_matrix(h)
         ii, jj = np.nonzero(np.triu(d <= max_distance, k=1))
         for i, j in zip(ii.tolist(), jj.tolist()):
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)  # smallest index is the root
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    groups: dict[int, list[int]] = {}
-    for i, r in enumerate(roots.tolist()):
-        groups.setdefault(r, []).append(i)
-    return [groups[r] for r in sorted(groups)]
+            uf.union(i, j)
+    return uf.components()
