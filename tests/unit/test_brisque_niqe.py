@@ -41,14 +41,10 @@ from app.imaging.decode import DecodedImage, decode_image
 from app.models import brisque as B
 from app.models import niqe as N
 from app.models.base import ModelNotFound
-from app.models.brisque import (
-    BrisqueAdapter,
-    brisque_features,
-    grid_alpha,
-    read_libsvm_model,
-    solve_alpha,
-)
+from app.models.brisque import BrisqueAdapter, brisque_features
 from app.models.niqe import NiqeAdapter, imresize_half, niqe_features
+from app.models.nss import grid_alpha, solve_alpha
+from app.models.svr import read_libsvm_model
 from tests.helpers import (  # noqa: I001
     load_adapter,
     PHOTO_NAMES,

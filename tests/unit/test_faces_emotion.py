@@ -11,14 +11,10 @@ import pytest
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage, decode_image
-from app.models import faces
+from app.models import emotion, faces
 from app.models.base import ModelNotFound
-from app.models.faces import (
-    EMOTION_LABELS,
-    LANDMARK_NAMES,
-    EmotionAdapter,
-    YunetAdapter,
-)
+from app.models.emotion import EmotionAdapter
+from app.models.faces import EMOTION_LABELS, LANDMARK_NAMES, YunetAdapter
 from tests.factories.faces import write_random_deepface_emotion_weights
 from tests.helpers import load_adapter, encode, photo, require_weights, upscale
 
@@ -333,6 +329,6 @@ def test_download_rejects_a_wrong_sha256(tmp_path):
 
 def test_deepface_download_writes_where_deepface_reads(tmp_path, monkeypatch):
     weights = write_random_deepface_emotion_weights(tmp_path / "src")
-    monkeypatch.setattr(faces, "DEEPFACE_EMOTION_URLS", (weights.as_uri(),))
+    monkeypatch.setattr(emotion, "DEEPFACE_EMOTION_URLS", (weights.as_uri(),))
     [path] = EmotionAdapter.download(tmp_path / "home")
     assert path == tmp_path / "home" / ".deepface" / "weights" / weights.name

@@ -1,0 +1,177 @@
+"""DeepFace's emotion model: the default backend of the "emotion" adapter (emotion.py).
+
+DeepFace's face detector (DEEPFACE_DETECTOR, default ``opencv``) and DeepFace's own
+7-class emotion CNN on its PyTorch backend, read from
+``DEEPFACE_HOME/.deepface/weights/facial_expression_model_weights.pth``
+(DEEPFACE_HOME = the DEEPFACE_HOME setting, else MODEL_DIR/deepface), with DeepFace's
+own preprocessing, batched. DeepFace is not thread-safe, so the registry gives the
+emotion adapter its own worker thread.
+
+DeepFace downloads any weight file it misses; here every lookup goes through a guard
+that raises `ModelNotFound` instead unless ALLOW_MODEL_DOWNLOADS is true. Kept apart
+from the adapter because it is all about one library's environment, caches and
+download hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.config import Settings
+from app.models.base import ModelNotFound
+from app.models.faces import FaceInput, emotion_result, map_box
+
+#: DeepFace 0.0.103 weight file per backend engine, under DEEPFACE_HOME/.deepface/weights
+DEEPFACE_EMOTION_FILES = {
+    "pytorch": "facial_expression_model_weights.pth",
+    "onnx": "facial_expression_model_weights.onnx",
+    "tensorflow": "facial_expression_model_weights.h5",
+}
+#: where DeepFace 0.0.103 (pytorch backend) downloads it from, primary then backup
+DEEPFACE_EMOTION_URLS = (
+    "https://github.com/serengil/deepface_models/releases/download/v1.0/facial_expression_model_weights.pth",
+    "https://huggingface.co/serengil/deepface/resolve/main/facial_expression_model_weights.pth",
+)
+#: not published by DeepFace; pin it here once a download has been checked
+DEEPFACE_EMOTION_SHA256: str | None = None
+
+
+_deepface_downloads_allowed = False
+_deepface_guard_lock = threading.Lock()
+
+
+def configure_deepface_env(home: Path) -> None:
+    """Environment DeepFace reads. DEEPFACE_HOME is read on every weight lookup; the
+    backend engine and the log level are fixed by deepface at first use / import."""
+    os.environ["DEEPFACE_HOME"] = str(home)
+    os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
+    os.environ.setdefault("DEEPFACE_LOG_LEVEL", str(logging.WARNING))
+
+
+def _install_deepface_download_guard() -> None:
+    """Route every DeepFace weight lookup through a check that refuses to download.
+
+    All of DeepFace 0.0.103's models and detectors fetch their files through
+    `deepface.commons.weight_utils.download_weights_if_necessary`, looked up on the
+    module at call time, so replacing it there covers them all (also the detectors
+    DeepFace builds lazily during a request, e.g. the opencv eye finder).
+    """
+    from deepface.commons import folder_utils, weight_utils
+
+    with _deepface_guard_lock:
+        if getattr(weight_utils.download_weights_if_necessary, "_loupe_guard", False):
+            return
+        original = weight_utils.download_weights_if_necessary
+
+        def guarded(file_name: str, source_url: Any, compress_type: str | None = None) -> str:
+            target = Path(folder_utils.get_deepface_home()) / ".deepface" / "weights" / file_name
+            if not target.is_file():
+                if not _deepface_downloads_allowed:
+                    urls = [source_url] if isinstance(source_url, str) else list(source_url)
+                    raise ModelNotFound(
+                        f"DeepFace weights not found: {target} does not exist and model downloads "
+                        f"are disabled (ALLOW_MODEL_DOWNLOADS=false). Download {file_name} from "
+                        f"{urls[0]} into {target.parent}."
+                    )
+                folder_utils.initialize_folder()
+            return original(file_name, source_url, compress_type)
+
+        guarded._loupe_guard = True  # type: ignore[attr-defined]
+        weight_utils.download_weights_if_necessary = guarded
+
+
+class DeepFaceEmotion:
+    """DeepFace detection + DeepFace's emotion CNN (its own preprocessing, batched)."""
+
+    def __init__(self, settings: Settings, home: Path, device: str):
+        global _deepface_downloads_allowed
+        self.detector_backend = settings.deepface_detector
+        configure_deepface_env(home)
+
+        from deepface.commons import backend_utils
+
+        engine = backend_utils.get_backend_engine()  # cached by deepface for the process
+        weights = home / ".deepface" / "weights" / DEEPFACE_EMOTION_FILES.get(engine, "?")
+        if not weights.is_file() and not settings.allow_model_downloads:
+            raise ModelNotFound(
+                f"DeepFace emotion weights not found: {weights} does not exist (DEEPFACE_HOME="
+                f"{home}, backend {engine}). Download facial_expression_model_weights from "
+                f"{DEEPFACE_EMOTION_URLS[0]} into that folder (scripts/download_models.py does), "
+                "or set ALLOW_MODEL_DOWNLOADS=true."
+            )
+        _deepface_downloads_allowed = bool(settings.allow_model_downloads)
+        _install_deepface_download_guard()
+
+        from deepface.modules import modeling
+
+        # A fresh instance (not modeling.build_model's process-wide cache), so a reload
+        # reads the files of the current DEEPFACE_HOME. Built once, reused by every call.
+        self.client = modeling.get_model_class(task="facial_attribute", model_name="Emotion")()
+        if engine == "pytorch":
+            import torch
+
+            self.client.device = torch.device(device)
+            self.client.model.to(self.client.device).eval()
+        # Detectors are stateless w.r.t. DEEPFACE_HOME: DeepFace's cache is fine. Build
+        # it now so a missing detector file fails the load, not a request.
+        modeling.build_model(task="face_detector", model_name=self.detector_backend)
+
+    def analyze(self, batch: Sequence[FaceInput]) -> list[list[dict[str, Any]]]:
+        from deepface.modules import detection, preprocessing
+        from deepface.modules.exceptions import FaceNotDetected, ImgNotFound
+
+        crops: list[np.ndarray] = []
+        metas: list[tuple[int, dict[str, int], float]] = []
+        for idx, inp in enumerate(batch):
+            h, w = inp.bgr.shape[:2]
+            try:  # enforce_detection=True raises instead of returning the whole image
+                faces = detection.extract_faces(
+                    img_path=inp.bgr,
+                    detector_backend=self.detector_backend,
+                    enforce_detection=self.detector_backend != "skip",
+                    align=True,
+                    expand_percentage=0,
+                )
+            except (FaceNotDetected, ImgNotFound):  # no face / only zero-size ones
+                continue
+            for face in faces:
+                area, conf = face["facial_area"], float(face.get("confidence") or 0.0)
+                # DeepFace's "no face" stand-in: the whole image with confidence 0
+                # (with DEEPFACE_DETECTOR=skip the whole image IS the face).
+                if (
+                    self.detector_backend != "skip"
+                    and conf == 0.0
+                    and area["x"] == 0
+                    and area["y"] == 0
+                    and area["w"] >= w - 1
+                    and area["h"] >= h - 1
+                ):
+                    continue
+                content = face["face"]
+                if content.shape[0] == 0 or content.shape[1] == 0:
+                    continue
+                box = map_box(area["x"], area["y"], area["w"], area["h"], inp)
+                if box is None:
+                    continue
+                # Exactly DeepFace.analyze's preprocessing: RGB [0,1] → BGR → 224x224
+                # letterbox; the model then takes gray 48x48.
+                crops.append(
+                    preprocessing.resize_image(img=content[:, :, ::-1], target_size=(224, 224))
+                )
+                metas.append((idx, box, conf))
+        out: list[list[dict[str, Any]]] = [[] for _ in batch]
+        if not crops:
+            return out
+        probs = np.atleast_2d(self.client.predict(np.concatenate(crops, axis=0)))
+        for (idx, box, conf), p in zip(metas, probs):
+            out[idx].append(emotion_result(box, conf, p))
+        for faces in out:
+            faces.sort(key=lambda f: -f["confidence"])
+        return out
