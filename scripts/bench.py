@@ -253,7 +253,8 @@ def bench_features(args) -> dict:
                                                                            images)))
     else:
         print(f"(MobileNet skipped: {weights} not found)")
-    print("\n## features: ms per 1920x1080 image at ANALYSIS_MAX_DIM, best of 5 rounds over 12 photos (NumPy/OpenCV on the calling thread; LiteRT with ANALYSIS_THREADS threads)")
+    print("\n## features: ms per 1920x1080 image at ANALYSIS_MAX_DIM, best of 5 rounds over 12 photos "
+          "(NumPy/OpenCV on the calling thread; LiteRT with ANALYSIS_THREADS threads)")
     print("| feature | ms / image | × its baseline |")
     print("|---|---|---|")
     out = {}

@@ -109,9 +109,9 @@ def bench_models(args) -> dict:
             client = make_client(settings)
             orch = Orchestrator(settings, registry, pool, client)
             t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(pool, lambda: [registry.ensure_loaded(n) for n in registry.names()])
+            await asyncio.get_running_loop().run_in_executor(pool, lambda: [registry.load(n) for n in registry.names()])
             load_s = time.perf_counter() - t0
-            states = {n: e.state for n, e in registry.entries.items()}
+            states = {n: registry.info(n).state.value for n in registry.names()}
             sources = lambda: [ImageSource(image_id=str(i), data=d) for i, d in enumerate(images)]  # noqa: E731
             await orch.analyze(sources()[:4], flags)  # warm-up
             # batch 16: one request
@@ -143,8 +143,8 @@ def bench_models(args) -> dict:
                         if name == "laion_aesthetic":
                             continue
                         img = decode_image(data, max_pixels=settings.max_image_pixels)
-                        adapter = registry.entries[name].adapter
-                        registry.entries[name].adapter.predict([adapter.prepare(img)])
+                        with registry.lease(name) as adapter:
+                            adapter.predict([adapter.prepare(img)])
                     img = decode_image(data, max_pixels=settings.max_image_pixels)
                     orch.gate_sync(img)
                 return (time.perf_counter() - t) * 1000 / len(images)

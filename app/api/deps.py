@@ -17,8 +17,8 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.core.config import Settings
 from app.core import errors
+from app.core.config import Settings
 from app.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from app.imaging.sources import ImageSource
 from app.schemas.common import ImageInput, RunFlags
@@ -154,18 +154,18 @@ def repeated(ids: Sequence[str]) -> list[str]:
     return sorted(dupes)
 
 
-O = TypeVar("O", bound=BaseModel)
+Opts = TypeVar("Opts", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class ImageRequestSpec(Generic[O]):
+class ImageRequestSpec(Generic[Opts]):
     """The shape of an image endpoint's request, in both media types."""
 
     body: type[BaseModel]  # the JSON body's model
     #: the body field holding the image input(s): "image" (one), "images" (a list); None: the body is the input
     images: str | None
     #: the options (JSON: the body's other fields, form: the text fields); None: the endpoint has none
-    options: type[O] | None
+    options: type[Opts] | None
     #: the form fields `options` reads (default: all of its fields)
     form_fields: list[str] | None = None
     #: at most this many images (None: exactly one); `limit_setting` names it in the 413
@@ -178,12 +178,12 @@ class ImageRequestSpec(Generic[O]):
 
 
 @dataclass
-class ImageRequest(Generic[O]):
+class ImageRequest(Generic[Opts]):
     sources: list[ImageSource]
-    options: O | None
+    options: Opts | None
 
 
-async def read_image_request(request: Request, spec: ImageRequestSpec[O]) -> ImageRequest[O]:
+async def read_image_request(request: Request, spec: ImageRequestSpec[Opts]) -> ImageRequest[Opts]:
     """Any image request (JSON with url/base64 inputs, or multipart with `file` parts) → sources + options."""
     settings = settings_of(request)
     limit = spec.limit(settings) if spec.limit is not None else 1

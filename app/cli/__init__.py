@@ -11,10 +11,8 @@ commands.py (the runs and `main`), errors.py (failures → exit codes). The name
 below are re-exported for tests and scripts that import them from `app.cli`.
 """
 
-import os
-
-from app.cli.commands import main, run_cluster, run_score, score_batch, score_items  # noqa: E402
-from app.cli.errors import (  # noqa: E402
+from app.cli.commands import main, run_cluster, run_score, score_batch, score_items
+from app.cli.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -26,9 +24,9 @@ from app.cli.errors import (  # noqa: E402
     ServerError,
     UsageError,
 )
-from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect, iter_images, read_manifest  # noqa: E402
-from app.cli.parser import ANALYSES, build_parser  # noqa: E402
-from app.cli.writer import CSV_FIELDS, OutputLock, Writer  # noqa: E402
+from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect, iter_images, read_manifest
+from app.cli.parser import ANALYSES, build_parser
+from app.cli.writer import CSV_FIELDS, OutputLock, Writer
 
 __all__ = [
     "ANALYSES", "CSV_FIELDS", "EXIT_CODES_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED",

@@ -45,7 +45,7 @@ class Api:
     def where(self) -> str:
         return self.server or "in-process Loupe"
 
-    async def __aenter__(self) -> "Api":
+    async def __aenter__(self) -> Api:
         headers = {"User-Agent": "loupe-cli"}
         if self.server:
             if self.api_key:

@@ -13,9 +13,9 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from app.cli.errors import UsageError
 

@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ def groups_json(root: Path, resp: dict[str, Any], key_of: dict[str, str]) -> dic
     } for g in resp.get("groups", [])]
     singles = [k(i) for i in resp.get("singletons", [])]
     return {
-        "folder": str(root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "folder": str(root), "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "features_used": resp.get("features_used", []), "params": resp.get("params", {}),
         "groups": groups, "singletons": singles,
         "failed": [{"path": k(f["image_id"]), "error": f.get("error")} for f in resp.get("failed", [])],

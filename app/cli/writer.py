@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class Writer:
             error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
         source = item.url if item.url else str(item.path)
         line = {"path": item.key, "image_id": item.image_id, "source": source, "error": error, "result": result,
-                "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.jsonl.flush()
         self.csv.writerow(flatten(item.key, item.image_id, result, error))
@@ -117,7 +117,7 @@ class OutputLock:
         self.path = prefix.with_name(prefix.name + ".lock")
         self.fh = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = self.path.open("a")
         try:

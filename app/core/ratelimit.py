@@ -78,7 +78,7 @@ class AccessControl:
     strategy: MovingWindowRateLimiter = field(default_factory=lambda: MovingWindowRateLimiter(MemoryStorage()))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "AccessControl":
+    def from_settings(cls, settings: Settings) -> AccessControl:
         return cls(keys=settings.api_key_list,
                    rate_items=parse_many(settings.rate_limit) if settings.rate_limit.strip() else [],
                    auth_fail_items=parse_many(settings.auth_fail_limit) if settings.auth_fail_limit.strip() else [],

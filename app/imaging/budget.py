@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from app.core.errors import ServiceUnavailable
 from app.core.metrics import DECODE_BUDGET_IN_USE

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from app.imaging.jpeg import estimate_quality

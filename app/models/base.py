@@ -1,20 +1,40 @@
 """The contract every model adapter follows.
 
-An adapter knows where its weights live (a sub-path of MODEL_DIR, or a per-model
-setting), how to load them from that local path, how to make its input from a
-`DecodedImage` (once per image, cached on the image), and how to run one batched
-forward pass over many prepared inputs. The registry (`registry.py`) owns the
-lifecycle: state, lock, device, load time, last error, idle unload.
+An adapter *declares* what the rest of Loupe needs to know about its model, as class
+attributes read without loading anything: the files it loads and where they come
+from (with their sha256 where published), the score it returns (range and direction,
+`app.models.outputs`), the largest batch one forward pass takes, whether it is
+thread safe, whether it runs on torch, and which other models' outputs it consumes
+(`depends`: the LAION head scores CLIP embeddings). The registry, /health,
+`scripts/download_models.py`, the OpenAPI schema and the orchestrator's scheduling all
+read these declarations instead of knowing each model.
+
+It *does* three things: load its weights from a local path, make its input from a
+`DecodedImage` (once per image, cached on the image), and run one batched forward
+pass over many prepared inputs. The registry (`registry.py`) owns the lifecycle:
+state, lock, device, load time, last error, idle unload.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
+from app.models.outputs import Output
+
+
+class State(StrEnum):
+    """A model's lifecycle state in the registry (its value is what /health shows)."""
+
+    NOT_LOADED = "not_loaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
 
 
 class ModelNotFound(FileNotFoundError):
@@ -32,6 +52,15 @@ class ModelAdapter(ABC):
     default_subdir: ClassVar[str]
     #: where scripts/download_models.py gets it (hub id or URL); documentation only at run time
     source: ClassVar[str] = ""
+    #: what a complete model folder holds, relative to the resolved path (empty: the path is one file)
+    files: ClassVar[tuple[str, ...]] = ()
+    #: published sha256 of those files where known (download checks them; a prefix is enough)
+    sha256: ClassVar[dict[str, str]] = {}
+    #: the score it returns (range, direction); None for models whose output is not one number
+    #: (embeddings, face boxes, emotion distributions)
+    output: ClassVar[Output | None] = None
+    #: registry models whose outputs are this model's inputs (run first; one dependency at most)
+    depends: ClassVar[tuple[str, ...]] = ()
     #: False → the registry runs it on its own single-thread executor (DeepFace)
     thread_safe: ClassVar[bool] = True
     #: True → uses torch and can run on cuda

@@ -50,9 +50,11 @@ import numpy as np
 from scipy import special
 
 from app.imaging.decode import DecodedImage
+from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch
 from app.models.nss import KERNEL_SIGMA, KERNEL_SIZE, aggd_ratio, grid_alpha, solve_alpha
+from app.models.outputs import Output
 from app.models.svr import SvrModel, read_libsvm_model, read_normalize_json, read_opencv_model
 
 Variant = Literal["rehanguha", "opencv"]
@@ -352,6 +354,8 @@ class BrisqueAdapter(ModelAdapter):
     max_batch: ClassVar[int] = 16
     #: what a complete model folder holds
     files: ClassVar[tuple[str, ...]] = ("svm.txt", "normalize.json")
+    sha256: ClassVar[dict[str, str]] = {"svm.txt": SVM_SHA256, "normalize.json": NORMALIZE_JSON_SHA256}
+    output: ClassVar[Output | None] = outputs.BRISQUE
     #: an accepted alternative folder content (OpenCV's model), used when `files` are absent
     alt_files: ClassVar[tuple[str, ...]] = ("brisque_model_live.yml", "brisque_range_live.yml")
 

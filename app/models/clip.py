@@ -32,8 +32,10 @@ import numpy as np
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
+from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch
+from app.models.outputs import Output
 from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
@@ -227,7 +229,9 @@ class ClipAdapter(ModelAdapter):
     def prepare(self, image: DecodedImage) -> np.ndarray:
         """float32 (3, 224, 224) pixel_values, cached on the image."""
         key = ("clip_pixels", self.shortest_edge, self.crop, self.mean, self.std)
-        rgb = lambda: source_rgb(image, self.shortest_edge, self.settings.analysis_max_dim)
+        def rgb() -> np.ndarray:
+            return source_rgb(image, self.shortest_edge, self.settings.analysis_max_dim)
+
         return image.cached(
             key,
             lambda: clip_pixel_values(
@@ -298,8 +302,9 @@ class LaionAestheticAdapter(ModelAdapter):
     default_subdir: ClassVar[str] = "laion_aesthetic"
     source: ClassVar[str] = _LAION_URL + LAION_FILES[512]
     files: ClassVar[tuple[str, ...]] = tuple(LAION_FILES.values())
-    score_range: ClassVar[tuple[float, float]] = (1.0, 10.0)
-    higher_is_better: ClassVar[bool] = True
+    sha256: ClassVar[dict[str, str]] = LAION_SHA256
+    output: ClassVar[Output | None] = outputs.LAION_AESTHETIC
+    depends: ClassVar[tuple[str, ...]] = ("clip",)  # its inputs are CLIP image embeddings
     max_batch: ClassVar[int] = 1024
 
     def __init__(self, settings: Settings):

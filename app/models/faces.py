@@ -131,6 +131,7 @@ class YunetAdapter(ModelAdapter):
     default_subdir = "yunet"
     source = YUNET_URLS[0]
     files: ClassVar[tuple[str, ...]] = (YUNET_FILE,)
+    sha256: ClassVar[dict[str, str]] = {YUNET_FILE: YUNET_SHA256}
     max_batch = 16
 
     # FACE_SCORE_THRESHOLD (default 0.8): OpenCV zoo / DeepFace use 0.9; the astronaut's face

@@ -14,8 +14,9 @@ An Interpreter is not thread-safe: the registry runs this adapter on its own sin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -39,6 +40,7 @@ class MobileNetEmbedAdapter(ModelAdapter):
     default_subdir = "mobilenet"
     source = MOBILENET_URLS[0]
     files: ClassVar[tuple[str, ...]] = (MOBILENET_FILE,)
+    sha256: ClassVar[dict[str, str]] = {MOBILENET_FILE: MOBILENET_SHA256}
     thread_safe = False
     max_batch = 32
 

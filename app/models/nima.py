@@ -36,8 +36,10 @@ import numpy as np
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
+from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch
+from app.models.outputs import Output
 from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
@@ -130,8 +132,6 @@ class _NimaAdapter(ModelAdapter):
     #: the pyiqa metric this reproduces
     pyiqa_metric: ClassVar[str]
     input_size: ClassVar[int] = NIMA_INPUT_SIZE
-    score_range: ClassVar[tuple[float, float]]
-    higher_is_better: ClassVar[bool] = True
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -231,8 +231,7 @@ class NimaTechnicalAdapter(_NimaAdapter):
     num_classes: ClassVar[int] = 1
     pyiqa_metric: ClassVar[str] = "nima-koniq"
     #: pyiqa's declared range "~0, ~1" (a regression output: not clipped)
-    score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    higher_is_better: ClassVar[bool] = True
+    output: ClassVar[Output | None] = outputs.NIMA_TECHNICAL
 
     def predict(self, batch: Sequence[Any]) -> list[float]:
         out = self.forward(batch)
@@ -250,8 +249,7 @@ class NimaAestheticAdapter(_NimaAdapter):
     source: ClassVar[str] = _HF_BASE + "NIMA_InceptionV2_ava-b0c77c00.pth"
     num_classes: ClassVar[int] = 10
     pyiqa_metric: ClassVar[str] = "nima"
-    score_range: ClassVar[tuple[float, float]] = (1.0, 10.0)
-    higher_is_better: ClassVar[bool] = True
+    output: ClassVar[Output | None] = outputs.NIMA_AESTHETIC
 
     def predict(self, batch: Sequence[Any]) -> list[dict]:
         dist = self.forward(batch).astype(np.float64)

@@ -41,9 +41,11 @@ import numpy as np
 from scipy import special
 
 from app.imaging.decode import DecodedImage
+from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch
 from app.models.nss import KERNEL_SIGMA, KERNEL_SIZE, aggd_ratio, grid_alpha
+from app.models.outputs import Output
 
 BLOCK = 96
 N_FEATURES = 36
@@ -211,6 +213,7 @@ class NiqeAdapter(ModelAdapter):
     uses_torch: ClassVar[bool] = False
     max_batch: ClassVar[int] = 16
     files: ClassVar[tuple[str, ...]] = (PARAMS_FILE,)
+    output: ClassVar[Output | None] = outputs.NIQE
 
     mu: np.ndarray | None = None
     cov: np.ndarray | None = None

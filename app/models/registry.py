@@ -12,6 +12,12 @@ is enough, and a missing model never makes requests hang or crash.
 
 Inference runs off the event loop: thread-safe models on the shared bounded
 pool, the others (DeepFace) each on a dedicated single-thread executor.
+
+The public surface is small: `names`, `contract` (the adapter class and its
+declarations, without loading), `info` / `status` (the state), `load`, `loaded`,
+`lease` (blocking use with the model pinned), the async `run` (images), `predict`
+(prepared inputs) and `call` (any function of the adapter), `preload`, `unload`,
+`unload_idle`, `start_ttl_task`, `shutdown`. Everything else is the registry's own.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import ModelUnavailable
 from app.core.metrics import ANALYSIS_LATENCY, MODEL_LOAD_SECONDS, MODEL_LOADED
-from app.models.base import ModelAdapter, ModelNotFound
+from app.models.base import ModelAdapter, ModelNotFound, State
+from app.models.torch_runtime import resolve_device
 
 log = logging.getLogger("loupe.models")
 
@@ -47,33 +56,55 @@ CATALOG: dict[str, str] = {
 
 FAILED_RETRY_S = 30.0
 
-STATES = ("not_loaded", "loading", "ready", "failed")
-
 
 def adapter_class(name: str, catalog: dict[str, str] | None = None) -> type[ModelAdapter]:
+    """The adapter class of a catalog name (imports its module; loads nothing)."""
     module_name, _, cls_name = (catalog or CATALOG)[name].partition(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def resolve_device(requested: str) -> str:
-    if requested == "cpu":
-        return "cpu"
-    try:
-        import torch
+@dataclass(frozen=True)
+class ModelInfo:
+    """A snapshot of one model: its lifecycle and what its adapter declares (`ModelAdapter`)."""
 
-        has_cuda = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        has_cuda = False
-    if requested == "cuda" and not has_cuda:
-        log.warning("DEVICE=cuda but no CUDA device is available; using cpu")
-    return "cuda" if has_cuda else "cpu"
+    name: str
+    state: State
+    device: str | None
+    load_time_s: float | None
+    last_error: str | None
+    preload: bool
+    loads: int
+    in_flight: int
+    last_used: float
+    title: str
+    path: str | None
+    files_present: bool
+    source: str | None
+    score_range: tuple[float | None, float | None] | None
+    higher_is_better: bool | None
+    depends: tuple[str, ...]
+    max_batch: int | None
+    thread_safe: bool | None
+
+    @property
+    def usable(self) -> bool:
+        """Ready, or its files are there and it has not failed: a call would (load and) run it."""
+        return self.state == State.READY or (self.files_present and self.state != State.FAILED)
+
+    def public(self) -> dict[str, Any]:
+        """The fields /health shows (app.schemas.system.ModelStatus)."""
+        return {"name": self.name, "title": self.title, "state": self.state.value, "device": self.device,
+                "load_time_s": self.load_time_s, "last_error": self.last_error, "preload": self.preload,
+                "path": self.path, "files_present": self.files_present, "source": self.source,
+                "score_range": self.score_range, "higher_is_better": self.higher_is_better,
+                "depends": list(self.depends), "max_batch": self.max_batch, "thread_safe": self.thread_safe}
 
 
 @dataclass
-class ModelEntry:
+class _Entry:
     name: str
     adapter: ModelAdapter | None = None
-    state: str = "not_loaded"
+    state: State = State.NOT_LOADED
     device: str | None = None
     load_time_s: float | None = None
     last_error: str | None = None
@@ -91,75 +122,87 @@ class ModelRegistry:
         self.settings = settings
         self.pool = pool
         self.catalog = dict(catalog if catalog is not None else CATALOG)
-        self.entries = {name: ModelEntry(name) for name in self.catalog}
+        self._entries = {name: _Entry(name) for name in self.catalog}
         self.device = resolve_device(settings.device)
         self._ttl_task: asyncio.Task | None = None
 
     # -- introspection -----------------------------------------------------------
     def names(self) -> list[str]:
-        return list(self.entries)
+        return list(self._entries)
 
-    def _adapter_cls(self, name: str) -> type[ModelAdapter]:
+    def _entry(self, name: str) -> _Entry:
+        if name not in self._entries:
+            raise ModelUnavailable(f"Unknown model {name!r}.", detail={"model": name})
+        return self._entries[name]
+
+    def contract(self, name: str) -> type[ModelAdapter]:
+        """The adapter class, with its declarations (files, output, depends, …); loads nothing."""
+        self._entry(name)
         return adapter_class(name, self.catalog)
 
-    def describe(self, name: str) -> dict[str, Any]:
-        e = self.entries[name]
-        info: dict[str, Any] = {
-            "name": name,
-            "state": e.state,
-            "device": e.device,
-            "load_time_s": round(e.load_time_s, 3) if e.load_time_s is not None else None,
-            "last_error": e.last_error,
-            "preload": name in self.preload_names(),
-        }
+    def info(self, name: str) -> ModelInfo:
+        e = self._entry(name)
+        title, path, present, source, error = name, None, False, None, e.last_error
+        cls: type[ModelAdapter] | None = None
         try:
-            cls = self._adapter_cls(name)
-            adapter = e.adapter or cls(self.settings)
-            path = adapter.resolve_path()
-            info.update(title=cls.title, path=str(path), files_present=path.exists(), source=cls.source)
+            cls = self.contract(name)
+            where = (e.adapter or cls(self.settings)).resolve_path()
+            title, path, present, source = cls.title, str(where), where.exists(), cls.source
         except Exception as exc:  # noqa: BLE001 - an import error is a state, not a crash
-            info.update(title=name, path=None, files_present=False, source=None,
-                        last_error=info["last_error"] or f"{type(exc).__name__}: {exc}")
-        return info
+            error = error or f"{type(exc).__name__}: {exc}"
+        out = cls.output if cls is not None else None
+        return ModelInfo(
+            name=name, state=e.state, device=e.device,
+            load_time_s=round(e.load_time_s, 3) if e.load_time_s is not None else None,
+            last_error=error, preload=name in self.preload_names(), loads=e.loads, in_flight=e.in_flight,
+            last_used=e.last_used, title=title, path=path, files_present=present, source=source,
+            score_range=out.range if out is not None else None,
+            higher_is_better=out.higher_is_better if out is not None else None,
+            depends=cls.depends if cls is not None else (), max_batch=cls.max_batch if cls is not None else None,
+            thread_safe=cls.thread_safe if cls is not None else None)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {name: self.describe(name) for name in self.entries}
+        """Every model's public info, for /health and /v1/operations."""
+        return {name: self.info(name).public() for name in self._entries}
+
+    def loaded(self, name: str) -> ModelAdapter | None:
+        """The adapter when the model is ready, else None (never loads)."""
+        e = self._entry(name)
+        return e.adapter if e.state == State.READY else None
 
     def preload_names(self) -> list[str]:
         wanted = self.settings.preload_list
         if any(w.lower() == "all" for w in wanted):
             return self.names()
-        return [w for w in wanted if w in self.entries]
+        return [w for w in wanted if w in self._entries]
 
     # -- lifecycle ---------------------------------------------------------------
-    def ensure_loaded(self, name: str) -> ModelAdapter:
+    def load(self, name: str) -> ModelAdapter:
         """Blocking: load the model if needed (one loader at a time per model)."""
-        if name not in self.entries:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
-        e = self.entries[name]
-        if e.state == "ready" and e.adapter is not None:
+        e = self._entry(name)
+        if e.state == State.READY and e.adapter is not None:
             e.last_used = time.monotonic()
             return e.adapter
         with e.lock:
-            if e.state == "ready" and e.adapter is not None:
+            if e.state == State.READY and e.adapter is not None:
                 e.last_used = time.monotonic()
                 return e.adapter
-            if e.state == "failed" and time.monotonic() - e.failed_at < FAILED_RETRY_S:
+            if e.state == State.FAILED and time.monotonic() - e.failed_at < FAILED_RETRY_S:
                 raise ModelUnavailable(
                     f"The model {name!r} is not available: {e.last_error}",
-                    detail={"model": name, "state": e.state},
+                    detail={"model": name, "state": e.state.value},
                 )
-            e.state = "loading"
+            e.state = State.LOADING
             t0 = time.perf_counter()
             try:
-                cls = self._adapter_cls(name)
+                cls = self.contract(name)
                 adapter = cls(self.settings)
                 device = self.device if cls.uses_torch else "cpu"
                 path = adapter.resolve_path()
                 adapter.load(path, device)
                 adapter.device = device
             except Exception as exc:  # noqa: BLE001
-                e.state = "failed"
+                e.state = State.FAILED
                 e.failed_at = time.monotonic()
                 e.last_error = f"{type(exc).__name__}: {exc}"
                 e.adapter = None
@@ -176,7 +219,7 @@ class ModelRegistry:
             e.device = device
             e.load_time_s = time.perf_counter() - t0
             e.last_error = None
-            e.state = "ready"
+            e.state = State.READY
             e.loads += 1
             e.last_used = time.monotonic()
             if not cls.thread_safe and e.executor is None:
@@ -189,13 +232,13 @@ class ModelRegistry:
     def unload(self, name: str, idle_before: float | None = None) -> bool:
         """Drop the model's weights unless a call is using it (or, with `idle_before`, unless it was
         used since then). True when it was unloaded."""
-        e = self.entries[name]
+        e = self._entry(name)
         with e.lock:
             with e.use_lock:
                 if e.in_flight or (idle_before is not None and e.last_used >= idle_before):
                     return False
                 adapter, e.adapter = e.adapter, None
-                e.state = "not_loaded"
+                e.state = State.NOT_LOADED
             MODEL_LOADED.labels(name).set(0)
             if adapter is not None:
                 adapter.unload()
@@ -207,53 +250,61 @@ class ModelRegistry:
             return []
         now = time.monotonic() if now is None else now
         dropped = []
-        for name, e in self.entries.items():
-            if e.state == "ready" and not e.in_flight and now - e.last_used > ttl \
+        for name, e in self._entries.items():
+            if e.state == State.READY and not e.in_flight and now - e.last_used > ttl \
                     and self.unload(name, idle_before=now - ttl):
                 dropped.append(name)
                 log.info("model %s unloaded after %.0fs idle", name, ttl)
         return dropped
 
     # -- leases: a model in use is never unloaded -------------------------------
-    def try_acquire(self, name: str) -> ModelAdapter | None:
+    def _try_acquire(self, name: str) -> ModelAdapter | None:
         """The ready adapter with one more call in flight, or None when it is not loaded (non-blocking)."""
-        e = self.entries[name]
+        e = self._entry(name)
         with e.use_lock:
-            if e.state == "ready" and e.adapter is not None:
+            if e.state == State.READY and e.adapter is not None:
                 e.in_flight += 1
                 e.last_used = time.monotonic()
                 return e.adapter
         return None
 
-    def acquire(self, name: str) -> ModelAdapter:
+    def _acquire(self, name: str) -> ModelAdapter:
         """Blocking: load if needed, then take a lease (raises ModelUnavailable)."""
-        if name not in self.entries:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
+        self._entry(name)
         while True:
-            adapter = self.try_acquire(name)
+            adapter = self._try_acquire(name)
             if adapter is not None:
                 return adapter
-            self.ensure_loaded(name)  # an unload may slip in between: then load again
+            self.load(name)  # an unload may slip in between: then load again
 
-    def release(self, name: str) -> None:
-        e = self.entries[name]
+    def _release(self, name: str) -> None:
+        e = self._entry(name)
         with e.use_lock:
             e.in_flight -= 1
             e.last_used = time.monotonic()
+
+    @contextmanager
+    def lease(self, name: str) -> Iterator[ModelAdapter]:
+        """Blocking: the loaded adapter, pinned (never unloaded) until the block ends."""
+        adapter = self._acquire(name)
+        try:
+            yield adapter
+        finally:
+            self._release(name)
 
     def preload(self) -> dict[str, str | None]:
         """Load every PRELOAD_MODELS entry; failures are recorded, never raised."""
         out: dict[str, str | None] = {}
         for name in self.preload_names():
             try:
-                self.ensure_loaded(name)
+                self.load(name)
                 out[name] = None
             except ModelUnavailable as exc:
                 out[name] = exc.message
         return out
 
     # -- inference ---------------------------------------------------------------
-    def predict_with(self, name: str, adapter: ModelAdapter, inputs: Sequence[Any]) -> list[Any]:
+    def _predict_batch(self, name: str, adapter: ModelAdapter, inputs: Sequence[Any]) -> list[Any]:
         """Blocking: prepared inputs → results, in chunks of the adapter's max batch."""
         results: list[Any] = []
         step = max(1, adapter.max_batch)
@@ -265,48 +316,45 @@ class ModelRegistry:
             raise RuntimeError(f"model {name} returned {len(results)} results for {len(inputs)} inputs")
         return results
 
-    def run_with(self, name: str, adapter: ModelAdapter, images: Sequence[Any]) -> list[Any]:
+    def _run_batch(self, name: str, adapter: ModelAdapter, images: Sequence[Any]) -> list[Any]:
         """Blocking: prepare each image (cached on the image) and run one batched predict."""
-        prepared = [
-            img.cached(("prepare", name), lambda img=img: adapter.prepare(img)) if hasattr(img, "cached") else adapter.prepare(img)
-            for img in images
-        ]
-        return self.predict_with(name, adapter, prepared)
+        prepared = [img.cached(("prepare", name), lambda img=img: adapter.prepare(img)) if hasattr(img, "cached")
+                    else adapter.prepare(img) for img in images]
+        return self._predict_batch(name, adapter, prepared)
 
-    def executor_for(self, name: str) -> Executor:
-        e = self.entries[name]
+    def _executor_for(self, name: str) -> Executor:
+        e = self._entry(name)
         return e.executor or self.pool
 
     async def call(self, name: str, fn, *args) -> Any:
         """Run `fn(adapter, *args)` on the model's executor, loading it first if needed. The call holds
         a lease from before it is queued until it returns, so an idle unload never pulls the model
         from under it."""
-        if name not in self.entries:
-            raise ModelUnavailable(f"Unknown model {name!r}.")
+        self._entry(name)
         loop = asyncio.get_running_loop()
-        adapter = self.try_acquire(name) or await loop.run_in_executor(self.pool, self.acquire, name)
+        adapter = self._try_acquire(name) or await loop.run_in_executor(self.pool, self._acquire, name)
 
         def run() -> Any:
             try:
                 return fn(adapter, *args)
             finally:
-                self.release(name)
+                self._release(name)
 
-        job = self.executor_for(name).submit(run)
+        job = self._executor_for(name).submit(run)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             if job.cancel():  # never started: its lease is still ours to give back
-                self.release(name)
+                self._release(name)
             raise
 
     async def run(self, name: str, images: Sequence[Any]) -> list[Any]:
         """Async: prepare and run one batch of images off the event loop."""
-        return await self.call(name, lambda adapter, imgs: self.run_with(name, adapter, imgs), images)
+        return await self.call(name, lambda adapter, imgs: self._run_batch(name, adapter, imgs), images)
 
     async def predict(self, name: str, inputs: Sequence[Any]) -> list[Any]:
         """Async: run one batch of already prepared inputs off the event loop."""
-        return await self.call(name, lambda adapter, xs: self.predict_with(name, adapter, xs), inputs)
+        return await self.call(name, lambda adapter, xs: self._predict_batch(name, adapter, xs), inputs)
 
     def start_ttl_task(self) -> None:
         if self.settings.model_ttl_s <= 0:
@@ -323,6 +371,6 @@ class ModelRegistry:
     def shutdown(self) -> None:
         if self._ttl_task:
             self._ttl_task.cancel()
-        for e in self.entries.values():
+        for e in self._entries.values():
             if e.executor is not None:
                 e.executor.shutdown(wait=False, cancel_futures=True)

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.models import outputs
 from app.schemas.common import Band, ErrorInfo, ImageInput, RunFlags, ranged
 
 Status = Literal["ok", "unavailable", "error"]
@@ -99,9 +100,11 @@ class QualityResult(AnalysisBase):
     is_ok: bool | None = Field(None, description="score >= quality_min.")
     overall_quality: Literal["low", "medium", "high"] | None = Field(
         None, description="Coarse label for festora compatibility: low (score < 0.45), medium (0.45 ≤ score < 0.6), high (score ≥ 0.6).")
-    brisque: float | None = ranged("BRISQUE (LIVE-trained SVR).", 0, 100, False)
-    niqe: float | None = ranged("NIQE distance to the pristine natural-scene model (not in the combined score).", 0, None, False)
-    nima_technical: float | None = ranged("NIMA trained on KonIQ-10k (pyiqa `nima-koniq`).", 0, 1, True)
+    brisque: float | None = ranged("BRISQUE (LIVE-trained SVR).", *outputs.BRISQUE.range, outputs.BRISQUE.higher_is_better)
+    niqe: float | None = ranged("NIQE distance to the pristine natural-scene model (not in the combined score).",
+                                *outputs.NIQE.range, outputs.NIQE.higher_is_better)
+    nima_technical: float | None = ranged("NIMA trained on KonIQ-10k (pyiqa `nima-koniq`).", *outputs.NIMA_TECHNICAL.range,
+                                          outputs.NIMA_TECHNICAL.higher_is_better)
     components: list[QualityComponent] = Field(default_factory=list, description="What went into the score.")
     missing: dict[str, str] = Field(default_factory=dict, description="Components that could not be used, and why.")
     thresholds: QualityThresholds
@@ -109,12 +112,14 @@ class QualityResult(AnalysisBase):
 
 # --- aesthetic -------------------------------------------------------------------------
 class AestheticResult(AnalysisBase):
-    nima_score: float | None = ranged("NIMA aesthetic (AVA) mean rating.", 1, 10, True)
+    nima_score: float | None = ranged("NIMA aesthetic (AVA) mean rating.", *outputs.NIMA_AESTHETIC.range,
+                                      outputs.NIMA_AESTHETIC.higher_is_better)
     nima_std: float | None = ranged("Spread of the predicted AVA rating distribution.", 0, 4.5, None)
     nima_distribution: list[float] | None = Field(None, description="Predicted probabilities of ratings 1..10 (sum 1).")
     label: Literal["poor", "average", "good", "excellent"] | None = Field(
         None, description="From nima_score: poor < 4 ≤ average < 5.5 ≤ good < 6.5 ≤ excellent.")
-    laion_score: float | None = ranged("LAION aesthetic predictor V1 on the CLIP embedding (only when CLIP ran).", 1, 10, True)
+    laion_score: float | None = ranged("LAION aesthetic predictor V1 on the CLIP embedding (only when CLIP ran).",
+                                       *outputs.LAION_AESTHETIC.range, outputs.LAION_AESTHETIC.higher_is_better)
     thresholds: dict[str, float] = Field(default_factory=dict, description="Label bounds applied to nima_score.")
 
 

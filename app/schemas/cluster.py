@@ -52,7 +52,8 @@ class PhotoSetRequest(BaseModel):
                                    "shifts of ≤ 2 %, while distinct natural photos measured ≥ 22 apart.")
     use_embeddings: bool = Field(True, description="Link near-duplicates by embedding too: CLIP when it is ready, "
                                                    "else the MobileNet embedding when its model is there.")
-    rank_by_quality_models: bool = Field(True, description="Rank with the full quality score (BRISQUE/NIMA when available); false = blur/exposure only, faster.")
+    rank_by_quality_models: bool = Field(True, description="Rank with the full quality score (BRISQUE/NIMA when available); "
+                                                           "false = blur/exposure only, faster.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "images": [{"url": "https://example.com/burst-1.jpg", "image_id": "burst-1"},
@@ -94,6 +95,7 @@ class PhotoSetResponse(BaseModel):
     params: dict[str, float | int | str | bool]
     groups: list[PhotoGroup] = Field(description="Groups of 2+ near-duplicate shots, largest first.")
     singletons: list[str] = Field(description="image_ids with no near-duplicate.")
-    failed: list[FailedImage] = Field(default_factory=list, description="Images that could not be read, with their error; the rest of the set is still grouped.")
+    failed: list[FailedImage] = Field(default_factory=list, description="Images that could not be read, with their error; "
+                                                                       "the rest of the set is still grouped.")
     results: list[ImageResult] = Field(description="Per-image analysis used for ranking, in request order.")
     processing_time_ms: float

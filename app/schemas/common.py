@@ -67,7 +67,7 @@ class ImageInput(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _cls: _one_source(schema))
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ImageInput":
+    def _exactly_one(self) -> ImageInput:
         if (self.url is None) == (self.base64 is None):
             raise ValueError("give exactly one of `url` or `base64`")
         return self

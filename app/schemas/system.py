@@ -16,6 +16,13 @@ class ModelStatus(BaseModel):
     path: str | None = Field(None, description="Local path the weights load from.")
     files_present: bool = Field(description="Whether that path exists.")
     source: str | None = Field(None, description="Where scripts/download_models.py gets it.")
+    score_range: tuple[float | None, float | None] | None = Field(
+        None, description="The range of the score it returns (null bound: open on that side); null when its output "
+                          "is not one number (embeddings, boxes, emotion distributions).")
+    higher_is_better: bool | None = Field(None, description="Which end of score_range is better (null: not a score).")
+    depends: list[str] = Field(default_factory=list, description="Models whose outputs are this model's inputs.")
+    max_batch: int | None = Field(None, description="Largest batch of one forward pass.")
+    thread_safe: bool | None = Field(None, description="False: it runs on its own single-thread executor.")
 
 
 class HealthResponse(BaseModel):

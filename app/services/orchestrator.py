@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,22 +221,31 @@ class Orchestrator:
             it.timings[f"{name}_ms"] = share
 
     async def run_models(self, items: list[Ingested], plan: Plan) -> None:
+        """Every model of the plan at once, except that a model which `depends` on another (the LAION
+        head on CLIP) runs after it, on its outputs, for the images where it succeeded. A dependency the
+        plan does not run leaves the dependent model out too."""
         ok = [it for it in items if it.image is not None]
         names = plan.models()
+        tasks: dict[str, asyncio.Task[None]] = {}
 
-        async def clip_then_laion() -> None:
-            await self.run_model("clip", ok)
-            if "laion_aesthetic" in names:
-                with_emb = [it for it in ok if not isinstance(it.models.get("clip"), Exception)]
-                await self.run_model("laion_aesthetic", with_emb, [it.models["clip"] for it in with_emb])
+        async def run(name: str) -> None:
+            try:
+                deps = self.registry.contract(name).depends
+            except Exception:  # noqa: BLE001 - its module does not import: run_model records that per image
+                deps = ()
+            if not deps:
+                await self.run_model(name, ok)
+                return
+            [dep] = deps  # the contract allows one: its outputs are this model's inputs
+            if dep not in tasks:
+                return
+            await tasks[dep]
+            done = [it for it in ok if it.models.get(dep) is not None and not isinstance(it.models[dep], BaseException)]
+            await self.run_model(name, done, [it.models[dep] for it in done])
 
-        jobs: list[Awaitable[None]] = []
         for name in names:
-            if name == "clip":
-                jobs.append(clip_then_laion())
-            elif name != "laion_aesthetic":
-                jobs.append(self.run_model(name, ok))
-        await asyncio.gather(*jobs)
+            tasks[name] = asyncio.ensure_future(run(name))
+        await asyncio.gather(*tasks.values())
 
     # -- the whole thing -------------------------------------------------------------------
     async def analyze(self, sources: list[ImageSource], flags: RunFlags) -> list[S.ImageResult]:

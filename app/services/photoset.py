@@ -346,12 +346,9 @@ async def common_view_brisque(orch: Orchestrator, group: list[Ingested], terms: 
 async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: C.PhotoSetRequest) -> C.PhotoSetResponse:
     t0 = time.perf_counter()
     registry = orch.registry
-    clip_info = registry.describe("clip")
-    use_clip = req.use_embeddings and (clip_info["state"] == "ready"
-                                       or (clip_info["files_present"] and clip_info["state"] != "failed"))
-    mobile_info = registry.describe("mobilenet")
-    use_mobilenet = req.use_embeddings and not use_clip and mobile_info["files_present"] \
-        and mobile_info["state"] != "failed"
+    use_clip = req.use_embeddings and registry.info("clip").usable
+    mobile = registry.info("mobilenet")
+    use_mobilenet = req.use_embeddings and not use_clip and mobile.files_present and mobile.usable
     plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=req.rank_by_quality_models,
                 mobilenet=use_mobilenet)
     items = await orch.process(sources, plan)

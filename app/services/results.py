@@ -146,12 +146,10 @@ def quality_components(it: Ingested, settings: Settings, registry: ModelRegistry
 
 
 def nima_technical_range(registry: ModelRegistry) -> tuple[float, float]:
-    try:
-        cls = registry._adapter_cls("nima_technical")
-        lo, hi = cls.score_range
-        return float(lo), float(hi)
-    except Exception:  # noqa: BLE001
-        return 0.0, 1.0
+    """The range NIMA technical declares (`ModelAdapter.output`)."""
+    out = registry.contract("nima_technical").output
+    assert out is not None and out.lo is not None and out.hi is not None
+    return float(out.lo), float(out.hi)
 
 
 def quality_result(it: Ingested, settings: Settings, registry: ModelRegistry) -> S.QualityResult:
@@ -197,7 +195,7 @@ def embedding_result(it: Ingested, registry: ModelRegistry) -> S.EmbeddingResult
     if value is None or isinstance(value, BaseException):
         status, err = failure(value) if value is not None else ("unavailable", None)
         return S.EmbeddingResult(status=status, error=err)
-    adapter = registry.entries["clip"].adapter
+    adapter = registry.loaded("clip")
     return S.EmbeddingResult(status="ok", model=getattr(adapter, "model_name", None), dim=int(len(value)),
                              vector=[round(float(x), 6) for x in value])
 
@@ -233,6 +231,6 @@ def faces_result(it: Ingested, registry: ModelRegistry) -> S.FacesResult:
     faces = [S.Face(box=box(f["box"]), confidence=float(f["confidence"]),
                     landmarks={k: point(p) for k, p in (f.get("landmarks") or {}).items()} or None)
              for f in value]
-    adapter = registry.entries["faces"].adapter
+    adapter = registry.loaded("faces")
     thr = {"score_threshold": float(getattr(adapter, "score_threshold", 0.0))} if adapter else {}
     return S.FacesResult(status="ok", faces=faces, count=len(faces), detector="yunet", thresholds=thr)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from app.models import outputs
+
 BANDS: tuple[tuple[str, float, float], ...] = (
     ("very_poor", 0.0, 0.25),
     ("poor", 0.25, 0.45),
@@ -135,7 +137,7 @@ def exposure_term(exposure_score: float) -> Component:
 
 
 def brisque_term(brisque: float, noise_sigma: float, clean: float = NOISE_CLEAN) -> Component:
-    return Component("brisque", brisque, (0.0, 100.0), False, brisque_component(brisque, noise_sigma, clean),
+    return Component("brisque", brisque, outputs.BRISQUE.range, False, brisque_component(brisque, noise_sigma, clean),
                      WEIGHTS["brisque"])
 
 

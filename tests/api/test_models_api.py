@@ -174,16 +174,17 @@ def test_registry_loads_once_under_concurrency_and_unloads_after_ttl(model_dir):
 
     def load(_):
         barrier.wait()
-        return reg.ensure_loaded("clip")
+        return reg.load("clip")
 
     with ThreadPoolExecutor(6) as ex:
         adapters = list(ex.map(load, range(6)))
-    assert len({id(a) for a in adapters}) == 1 and reg.entries["clip"].loads == 1
+    assert len({id(a) for a in adapters}) == 1 and reg.info("clip").loads == 1
     assert reg.unload_idle() == []  # just used
-    e = reg.entries["clip"]
-    assert reg.unload_idle(now=e.last_used + 6) == ["clip"] and e.state == "not_loaded" and e.adapter is None
-    reg.ensure_loaded("clip")
-    assert reg.entries["clip"].loads == 2
+    e = reg.info("clip")
+    assert reg.unload_idle(now=e.last_used + 6) == ["clip"] and reg.info("clip").state == "not_loaded" \
+        and reg.loaded("clip") is None
+    reg.load("clip")
+    assert reg.info("clip").loads == 2
 
 
 def test_quality_score_falls_with_real_degradations(tmp_path):
@@ -231,23 +232,24 @@ def test_ttl_never_unloads_a_model_in_use_and_every_call_refreshes_it(model_dir)
         call = asyncio.create_task(reg.call("clip", slow_embed, ["a cat"]))
         while not started.is_set():
             await asyncio.sleep(0.01)
-        e = reg.entries["clip"]
-        assert e.in_flight == 1
+        def e():
+            return reg.info("clip")
+        assert e().in_flight == 1
         assert reg.unload_idle(now=_time.monotonic() + 60) == []  # long idle by the clock, but in use
-        assert e.state == "ready" and e.adapter is not None
+        assert e().state == "ready" and reg.loaded("clip") is not None
         finish.set()
         vectors = await call
         assert vectors.shape[0] == 1 and np.isfinite(vectors).all()
-        assert e.in_flight == 0
-        used = e.last_used
+        assert e().in_flight == 0
+        used = e().last_used
         await asyncio.sleep(0.05)
         await reg.call("clip", lambda adapter, t: adapter.embed_text(t), ["a dog"])
-        assert e.last_used > used  # the call itself refreshed last use (no ensure_loaded involved)
-        assert reg.unload_idle(now=e.last_used + 0.1) == []
-        assert reg.unload_idle(now=e.last_used + 0.3) == ["clip"] and e.adapter is None
+        assert e().last_used > used  # the call itself refreshed last use (no explicit load involved)
+        assert reg.unload_idle(now=e().last_used + 0.1) == []
+        assert reg.unload_idle(now=e().last_used + 0.3) == ["clip"] and reg.loaded("clip") is None
         # a call after the unload loads it again
         await reg.call("clip", lambda adapter, t: adapter.embed_text(t), ["again"])
-        assert e.loads == 2
+        assert e().loads == 2
 
     asyncio.run(scenario())
 

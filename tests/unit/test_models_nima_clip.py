@@ -97,8 +97,8 @@ def test_nima_module_tree_is_pyiqas(nima_dir):
 def test_nima_class_attributes():
     assert NimaTechnicalAdapter.files == ("NIMA_koniq-250367ae.pth",)
     assert NimaAestheticAdapter.files == ("NIMA_InceptionV2_ava-b0c77c00.pth",)
-    assert NimaTechnicalAdapter.score_range == (0.0, 1.0) and NimaTechnicalAdapter.higher_is_better
-    assert NimaAestheticAdapter.score_range == (1.0, 10.0) and NimaAestheticAdapter.higher_is_better
+    assert NimaTechnicalAdapter.output.range == (0.0, 1.0) and NimaTechnicalAdapter.output.higher_is_better
+    assert NimaAestheticAdapter.output.range == (1.0, 10.0) and NimaAestheticAdapter.output.higher_is_better
     # the URLs pyiqa itself downloads from
     from pyiqa.archs.nima_arch import default_model_urls
 

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import ImageRequestSpec, read_image_request, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
-from app.schemas.analysis import (AnalyzeRequest, AnalyzeResponse, BatchRequest, BatchResponse, BatchSummary,
-                                  QualityGateResponse)
+from app.schemas.analysis import AnalyzeRequest, AnalyzeResponse, BatchRequest, BatchResponse, BatchSummary, QualityGateResponse
 from app.schemas.common import ErrorEnvelope, ImageInput, RunFlags
 from app.services.gate import quality_gate
 from app.services.orchestrator import api_error

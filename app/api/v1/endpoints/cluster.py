@@ -34,7 +34,7 @@ def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
     return C.ClusterResponse(
         algorithm="dbscan", params={k: v for k, v in res.params.items()},
         n_clusters=res.n_clusters, n_noise=res.n_noise,
-        assignments={i: int(l) for i, l in zip(ids, labels)},
+        assignments={i: int(label) for i, label in zip(ids, labels)},
         clusters=[C.VectorCluster(cluster_id=c, size=len(m), image_ids=[ids[k] for k in m])
                   for c, m in enumerate(res.clusters)],
         processing_time_ms=round((time.perf_counter() - t0) * 1000, 3))

@@ -57,11 +57,11 @@ async def version() -> VersionResponse:
 def operations_list(request: Request) -> list[Operation]:
     s = request.app.state.settings
     registry = request.app.state.registry
-    status = registry.status()
+    infos = {name: registry.info(name) for name in registry.names()}
 
     def op(name, flag, endpoint, description, models, settings):
-        ready = all(status[m]["state"] == "ready" for m in models if m in status)
-        available = all(status[m]["files_present"] and status[m]["state"] != "failed" for m in models if m in status)
+        ready = all(infos[m].state == "ready" for m in models if m in infos)
+        available = all(infos[m].usable for m in models if m in infos)
         return Operation(name=name, flag=flag, endpoint=endpoint, description=description, models=models,
                          ready=ready, available=available or ready, settings=settings)
 
