@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from app.core import errors
 from app.core.config import Settings
@@ -62,7 +62,7 @@ def source_of(inp: ImageInput) -> ImageSource:
     return ImageSource(image_id=inp.image_id, url=inp.url, base64=inp.base64)
 
 
-async def read_form(request: Request, max_files: int):
+async def read_form(request: Request, max_files: int) -> FormData:
     try:
         return await request.form(max_files=max_files, max_fields=2 * max_files + 50)
     except PayloadTooLarge:
@@ -75,7 +75,14 @@ async def read_form(request: Request, max_files: int):
 FILE_FIELDS = ("file", "image_id")
 
 
-def form_flags(form, model: type[M] | None = RunFlags, *, fields: list[str] | None = None) -> M | None:
+@overload
+def form_flags(form: FormData, model: type[M], *, fields: list[str] | None = None) -> M: ...
+@overload
+def form_flags(form: FormData, model: None, *, fields: list[str] | None = None) -> None: ...
+@overload
+def form_flags(form: FormData, *, fields: list[str] | None = None) -> RunFlags: ...
+def form_flags(form: FormData, model: type[BaseModel] | None = RunFlags, *,
+               fields: list[str] | None = None) -> BaseModel | None:
     """The form's fields, validated by `model` (the same model and fields its OpenAPI form schema is
     derived from). A field the endpoint does not know, or a scalar field sent more than once, is a 422
     (as an unknown or mistyped JSON field is)."""
@@ -106,13 +113,14 @@ def check_count(received: int, limit: int, setting: str) -> None:
                               detail={setting: limit, "received": received})
 
 
-def form_files(form, max_count: int, setting: str = "max_batch_size") -> list[ImageSource]:
+def form_files(form: FormData, max_count: int, setting: str = "max_batch_size") -> list[ImageSource]:
     files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
     if not files:
         raise ValidationFailed("Send the image in a multipart field named `file`.")
     check_count(len(files), max_count, setting)
-    ids = form.getlist("image_id")
-    if any(not isinstance(v, str) or len(v) > 256 for v in ids):
+    sent_ids = form.getlist("image_id")
+    ids = [v for v in sent_ids if isinstance(v, str) and len(v) <= 256]
+    if len(ids) != len(sent_ids):
         raise ValidationFailed("Each image_id must be text of at most 256 characters.")
     if ids and len(ids) != len(files):
         raise ValidationFailed(f"{len(ids)} image_id fields for {len(files)} files: give one per file or none.")
@@ -135,10 +143,11 @@ def require_json_or_form(request: Request) -> str:
 def unique_ids(sources: Sequence[ImageSource], what: str) -> None:
     """Give every source without an id its position as id, then refuse repeated ids with a 422 that
     names them (`what`: where ids must be unique, e.g. "a photo set")."""
+    ids: list[str] = []
     for i, src in enumerate(sources):
         if src.image_id is None:
             src.image_id = str(i)
-    ids = [src.image_id for src in sources]
+        ids.append(src.image_id)
     dupes = repeated(ids)
     if dupes:
         raise ValidationFailed(f"Image ids must be unique in {what}; sent more than once: {dupes}.",
@@ -180,7 +189,15 @@ class ImageRequestSpec(Generic[Opts]):
 @dataclass
 class ImageRequest(Generic[Opts]):
     sources: list[ImageSource]
+    #: None exactly when the spec has no options (`ImageRequestSpec.options` is None)
     options: Opts | None
+
+    @property
+    def opts(self) -> Opts:
+        """`options`, for an endpoint whose spec has them (they are always read then)."""
+        if self.options is None:
+            raise TypeError("this request's spec declares no options")
+        return self.options
 
 
 async def read_image_request(request: Request, spec: ImageRequestSpec[Opts]) -> ImageRequest[Opts]:

@@ -47,6 +47,7 @@ async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], write
             images.append({"url": it.url, "image_id": it.image_id[:256]})
             sendable.append(it)
             continue
+        assert it.path is not None  # an Item is a URL or a file
         try:
             data = await asyncio.to_thread(b64_of, it.path)
         except OSError as exc:
@@ -98,8 +99,10 @@ async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
     done, failed_before = (set(), set()) if fresh else load_done(jsonl_path)
     skip = done - failed_before if args.retry_failed else done
     todo = [it for it in items if it.key not in skip]
-    seen: set[str] = set()
-    todo = [it for it in todo if not (it.key in seen or seen.add(it.key))]  # a manifest may list a file twice
+    unique: dict[str, Item] = {}
+    for it in todo:  # a manifest may list a file twice: the first entry counts
+        unique.setdefault(it.key, it)
+    todo = list(unique.values())
     skipped = len(items) - len(todo)
     if not todo:
         print(f"nothing to do: all {len(items)} images are already in {jsonl_path} (use --no-resume to start over)")
@@ -159,7 +162,10 @@ async def run_cluster(args: argparse.Namespace) -> int:
     for n, it in enumerate(items):  # ids must be unique and at most 256 characters
         ids.append(it.key if len(it.key) <= 256 else f"#{n}:{it.key[-200:]}")
     key_of = dict(zip(ids, (it.key for it in items)))
-    path_of = {it.key: it.path for it in items}
+    path_of: dict[str, Path] = {}
+    for it in items:
+        assert it.path is not None  # a folder's items are files
+        path_of[it.key] = it.path
     t0 = time.perf_counter()
     progress = args.progress
     if progress:
@@ -168,7 +174,7 @@ async def run_cluster(args: argparse.Namespace) -> int:
     unreadable: list[dict[str, Any]] = []
     for iid, it in zip(ids, items):
         try:
-            images.append({"base64": await asyncio.to_thread(b64_of, it.path), "image_id": iid})
+            images.append({"base64": await asyncio.to_thread(b64_of, path_of[it.key]), "image_id": iid})
         except OSError as exc:
             unreadable.append({"image_id": iid, "error": {"type": "unreadable_file", "message": str(exc)}})
     payload = {"images": images, "eps": args.eps, "hash_max_distance": args.hash_max_distance,

@@ -21,9 +21,9 @@ def thumbnail_data_uri(path: Path, size: int = 256) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size * 2, size * 2))
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as opened:
+            opened.draft("RGB", (size * 2, size * 2))
+            im = ImageOps.exif_transpose(opened)
             if im.mode not in ("RGB", "L"):
                 bg = Image.new("RGB", im.size, (255, 255, 255))
                 rgba = im.convert("RGBA")

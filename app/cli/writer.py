@@ -12,7 +12,7 @@ import csv
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from app.cli.errors import UsageError
 from app.cli.manifest import Item
@@ -115,7 +115,7 @@ class OutputLock:
 
     def __init__(self, prefix: Path):
         self.path = prefix.with_name(prefix.name + ".lock")
-        self.fh = None
+        self.fh: TextIO | None = None
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)

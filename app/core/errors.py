@@ -7,6 +7,7 @@ Every error the service returns — ours, FastAPI's validation errors, Starlette
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -92,12 +93,13 @@ class UpstreamTimeout(ApiError):
     error_type = "upstream_timeout"
 
 
-def validation_failed(errors: list[dict[str, Any]], *, skip: tuple[str, ...] = ()) -> ValidationFailed:
+def validation_failed(errors: Sequence[Mapping[str, Any]], *, skip: tuple[str, ...] = ()) -> ValidationFailed:
     """The 422 for pydantic errors (`exc.errors()`, from a model or from FastAPI's request validation):
     the first error located in words, every error's loc / msg / type in `detail` — never the offending
     input, which may be a 20 MB base64 string. `skip`: loc parts that say nothing to the caller ("body")."""
-    items = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-    first = items[0] if items else {"loc": [], "msg": "invalid request"}
+    items: list[dict[str, Any]] = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    first: dict[str, Any] = items[0] if items else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p not in skip) or "body"
     return ValidationFailed(f"Invalid request: {where}: {first['msg']}", detail={"errors": items})
 

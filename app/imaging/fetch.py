@@ -106,7 +106,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 raise UnreachableUrl(f"The host {host!r} could not be resolved.", detail={"host": host}) from exc
             addrs = []
             for info in infos:
-                a = ipaddress.ip_address(info[4][0].split("%")[0])
+                a = ipaddress.ip_address(str(info[4][0]).split("%")[0])  # the host text (IPv6: may end in %scope)
                 if a not in addrs:
                     addrs.append(a)
         if not self.allow_private:

@@ -178,7 +178,7 @@ def _ref_conv(window: Any) -> np.ndarray:
     """convolve2d's sum: kernel[j, k] pairs with the pixel at offset (3 - j, 3 - k); `window(j, k)`
     returns those pixels (an array over the pixels computed). Same order, same rounding."""
     k = _K_REF
-    acc = None
+    acc: np.ndarray | None = None
     for j in range(KERNEL_SIZE):
         s = k[j, 0] * window(j, 0) + k[j, 1] * window(j, 1)
         s = s + k[j, 2] * window(j, 2)
@@ -186,6 +186,7 @@ def _ref_conv(window: Any) -> np.ndarray:
         acc = s if acc is None else acc + s
         for c in range(4, KERNEL_SIZE):
             acc = acc + k[j, c] * window(j, c)
+    assert acc is not None  # KERNEL_SIZE rows were added
     return acc
 
 
@@ -222,8 +223,9 @@ _BOX = np.ones((KERNEL_SIZE, KERNEL_SIZE), np.uint8)
 
 def _constant_windows(img: np.ndarray) -> np.ndarray:
     """Pixels whose 7x7 window (zeros outside the image) holds a single value."""
-    kw = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
-    return cv2.erode(img, _BOX, **kw) == cv2.dilate(img, _BOX, **kw)
+    lo = cv2.erode(img, _BOX, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    hi = cv2.dilate(img, _BOX, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return lo == hi
 
 
 def ref_mscn(unit: np.ndarray, u8: np.ndarray | None = None) -> np.ndarray:

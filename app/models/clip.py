@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from app.models.torch_runtime import (
     source_rgb,
     uint8_chw_tensor,
 )
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +144,8 @@ class ClipAdapter(ModelAdapter):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.model = None
-        self.tokenizer = None
+        self.model: CLIPModel | None = None
+        self.tokenizer: CLIPTokenizer | None = None
         self.model_name: str = settings.clip_model_name
         self.dim: int | None = None
         self.shortest_edge = 224
@@ -180,7 +183,7 @@ class ClipAdapter(ModelAdapter):
     # -- lifecycle -----------------------------------------------------------------
     def load(self, path: Path, device: str) -> None:
         import torch
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
         path = Path(path)
         name = self.settings.clip_model_name.strip()
@@ -206,6 +209,9 @@ class ClipAdapter(ModelAdapter):
             tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
             raise ModelNotFound(f"CLIP tokenizer files not found or unreadable in {path}: {exc}") from exc
+        # CLIPConfig turns dict sub-configs into their classes, and CLIPModel sizes its projections from projection_dim
+        vision, text, dim = model.config.vision_config, model.config.text_config, model.config.projection_dim
+        assert isinstance(vision, CLIPVisionConfig) and isinstance(text, CLIPTextConfig) and dim is not None
         self.shortest_edge, self.crop = 224, (224, 224)
         self.mean, self.std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         if (path / "preprocessor_config.json").is_file():
@@ -217,11 +223,11 @@ class ClipAdapter(ModelAdapter):
             self.mean = tuple(float(v) for v in proc.image_mean)
             self.std = tuple(float(v) for v in proc.image_std)
         else:
-            size = model.config.vision_config.image_size
+            size = _size_value(vision.image_size) or 224
             self.shortest_edge, self.crop = size, (size, size)
         self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.dim = int(model.config.projection_dim)
-        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        self.dim = int(dim)
+        self.max_text_len = int(text.max_position_embeddings)
         self.model_name = name
         self.bf16 = bf16_wanted(self.settings, device)
 
@@ -258,7 +264,7 @@ class ClipAdapter(ModelAdapter):
         """(len(texts), dim) L2-normalised float32 text embeddings."""
         import torch
 
-        if self.model is None:
+        if self.model is None or self.tokenizer is None:
             raise RuntimeError("clip is not loaded")
         if not texts:
             return np.zeros((0, self.dim or 0), np.float32)

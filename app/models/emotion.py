@@ -47,6 +47,8 @@ class EmotionAdapter(ModelAdapter):
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("deepface", "mini_xception")
 
+    _impl: MiniXceptionEmotion | DeepFaceEmotion  # set by load
+
     @property
     def backend(self) -> str:
         backend = str(self.settings.emotion_model or "deepface").lower()

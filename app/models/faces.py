@@ -175,7 +175,7 @@ class YunetAdapter(ModelAdapter):
     def detect(self, inp: FaceInput) -> list[dict[str, Any]]:
         out = []
         for row in self.detect_raw(inp.bgr):
-            box = map_box(*row[:4], inp)
+            box = map_box(row[0], row[1], row[2], row[3], inp)
             if box is None:
                 continue
             landmarks = {

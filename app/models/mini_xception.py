@@ -193,7 +193,7 @@ class MiniXceptionEmotion:
         for idx, inp in enumerate(batch):
             gray = None
             for row in self.yunet.detect_raw(inp.bgr):
-                box = map_box(*row[:4], inp)
+                box = map_box(row[0], row[1], row[2], row[3], inp)
                 if box is None:
                     continue
                 if gray is None:

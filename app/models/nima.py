@@ -68,6 +68,7 @@ _GH_BASE = "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weig
 def build_nima_net(num_classes: int, base_model_name: str = NIMA_BACKBONE):
     """pyiqa's NIMA module tree with random weights and no download."""
     import timm
+    from timm.models import FeatureInfo
     from torch import nn
 
     class NimaNet(nn.Module):
@@ -75,7 +76,9 @@ def build_nima_net(num_classes: int, base_model_name: str = NIMA_BACKBONE):
             super().__init__()
             self.base_model = timm.create_model(base_model_name, pretrained=False, features_only=True)
             self.global_pool = nn.AdaptiveAvgPool2d(1)
-            in_ch = self.base_model.feature_info.channels()[-1]
+            feature_info = self.base_model.feature_info  # every features_only net has one
+            assert isinstance(feature_info, FeatureInfo)
+            in_ch = feature_info.channels()[-1]
             layers = [nn.Flatten(), nn.Dropout(p=0.0), nn.Linear(in_ch, num_classes)]
             if num_classes > 1:
                 layers.append(nn.Softmax(dim=-1))

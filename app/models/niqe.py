@@ -82,7 +82,7 @@ def mscn(img: np.ndarray) -> np.ndarray:
     var -= mu * mu
     sigma = np.sqrt(np.abs(var, out=var), out=var)
     sigma += 1.0
-    out = img - mu
+    out: np.ndarray = img - mu
     out[np.abs(out) <= _ZERO] = 0.0
     out /= sigma
     return out

@@ -70,7 +70,7 @@ def grid_alpha(r: np.ndarray) -> np.ndarray:
 
 
 def aggd_ratio(
-    n: np.ndarray, sabs: np.ndarray, s2: np.ndarray, s2n: np.ndarray, nneg: np.ndarray, nright: np.ndarray
+    n: np.ndarray | float, sabs: np.ndarray, s2: np.ndarray, s2n: np.ndarray, nneg: np.ndarray, nright: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AGGD moment estimate → (sigma_l, sigma_r, R); alpha is phi's inverse of R.
 

@@ -104,7 +104,7 @@ def read_normalize_json(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_opencv_model(model_yml: Path, range_yml: Path) -> SvrModel:
     """OpenCV ml::SVM (EPS_SVR, RBF) FileStorage YAML + the 2x36 range matrix (min row, max row)."""
-    svm = cv2.ml.SVM_load(str(model_yml))
+    svm = cv2.ml.SVM.load(str(model_yml))
     if svm.getType() != cv2.ml.SVM_EPS_SVR or svm.getKernelType() != cv2.ml.SVM_RBF:
         raise ValueError(f"{model_yml}: not an EPS_SVR model with an RBF kernel")
     sv = svm.getSupportVectors().astype(np.float64)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    #: a text field that may be left out (the attribute is then None) but not sent as null
+    OmittableStr = str | None
+else:
+    OmittableStr = str  # what pydantic validates and puts in the schema: a string, never null
 
 
 def ranged(description: str, lo: float | None, hi: float | None, higher_is_better: bool | None,
@@ -57,11 +63,11 @@ def _one_source(schema: dict[str, Any]) -> None:
 class ImageInput(BaseModel):
     """One image: exactly one of `url` or `base64`, and an optional caller id."""
 
-    # `str` with a default of None: the field may be left out, but not sent as null, so that the schema
+    # `str` (OmittableStr) with a default of None: the field may be left out, but not sent as null, so that the schema
     # (a string, and exactly one of the two present) says exactly what validation accepts
-    url: str = Field(None, max_length=4096, description="http(s) URL Loupe downloads itself (SSRF-guarded).",
-                     examples=["https://upload.wikimedia.org/wikipedia/commons/3/3f/Fronalpstock_big.jpg"])
-    base64: str = Field(None, description="The image bytes as base64, raw or as a data URI (`data:image/jpeg;base64,…`).")
+    url: OmittableStr = Field(None, max_length=4096, description="http(s) URL Loupe downloads itself (SSRF-guarded).",
+                              examples=["https://upload.wikimedia.org/wikipedia/commons/3/3f/Fronalpstock_big.jpg"])
+    base64: OmittableStr = Field(None, description="The image bytes as base64, raw or as a data URI (`data:image/jpeg;base64,…`).")
     image_id: str | None = Field(None, max_length=256, description="Your id for this image; echoed in the result.")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _cls: _one_source(schema))

@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+HealthStatus = Literal["ok", "degraded", "unavailable"]
+
 
 class ModelStatus(BaseModel):
     name: str
@@ -26,7 +28,7 @@ class ModelStatus(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "degraded", "unavailable"] = Field(
+    status: HealthStatus = Field(
         description="`ok`: everything ready. `degraded`: some optional model is not available (the gate still works). "
                     "`unavailable` (HTTP 503): a preloaded model failed or the service cannot work.")
     version: str

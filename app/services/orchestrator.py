@@ -139,21 +139,25 @@ class Orchestrator:
             data, item.source_url = await read_source(src, self.client, self.settings, self.in_pool)
             t1 = time.perf_counter()
             item.timings["read_ms" if src.kind != "url" else "fetch_ms"] = (t1 - t0) * 1000
-            limits = dict(max_pixels=self.settings.max_image_pixels, min_dim=min_dim, gray=gray)
-            plan = await self.in_pool(lambda: probe(data, **limits))  # header only: 413/415 before any pixel
+            max_pixels = self.settings.max_image_pixels
+            # header only: 413/415 before any pixel
+            plan = await self.in_pool(lambda: probe(data, max_pixels=max_pixels, min_dim=min_dim, gray=gray))
             async with self.decode_budget.reserve(plan.cost_bytes):
                 t2 = time.perf_counter()
-                item.image = await self.in_pool(lambda: decode_image(data, **limits))
+                item.image = await self.in_pool(
+                    lambda: decode_image(data, max_pixels=max_pixels, min_dim=min_dim, gray=gray))
             item.timings["decode_ms"] = (time.perf_counter() - t2) * 1000
             if t2 - t1 > 0.001:
                 item.timings["decode_wait_ms"] = (t2 - t1) * 1000
         except ApiError as exc:
-            item.error, item.error_exc = error_info(exc), detached(exc)
+            item.error = error_info(exc)
+            detached(exc)  # in place (it returns `exc` itself, typed as a BaseException)
+            item.error_exc = exc
             ERRORS.labels(exc.error_type).inc()
         except Exception as exc:  # noqa: BLE001 - one bad image never fails the batch
             log.exception("unexpected error reading image %s", item.image_id)
             item.error = ErrorInfo(type="internal_error", message=f"The image could not be read: {type(exc).__name__}.",
-                                   status_code=500)
+                                   detail=None, status_code=500)
             ERRORS.labels("internal_error").inc()
         return item
 
@@ -263,7 +267,8 @@ class Orchestrator:
         ok = [it for it in items if it.image is not None]
         if plan.gate and ok:
             t0 = time.perf_counter()
-            gates = await self.in_pool(lambda: [self.gate_sync(it.image) for it in ok])
+            images = [it.image for it in ok if it.image is not None]  # `ok`'s images, in its order
+            gates = await self.in_pool(lambda: [self.gate_sync(image) for image in images])
             ANALYSIS_LATENCY.labels("gate").observe(time.perf_counter() - t0)
             for it, g in zip(ok, gates):
                 it.gate = g

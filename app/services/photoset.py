@@ -30,10 +30,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 
+from app.core.config import Settings
 from app.imaging.decode import DecodedImage, resize_max
 from app.imaging.sources import ImageSource
 from app.neighbors import UnionFind, dbscan
@@ -47,13 +49,23 @@ from app.services.results import assemble
 
 log = logging.getLogger("loupe.photoset")
 
+RankedBy = Literal["quality_score", "sharpness_exposure"]
+LinkKind = Literal["phash", "embedding", "mobilenet"]
+Feature = Literal["phash", "clip_embedding", "mobilenet"]
+
+
+def decoded(it: Ingested) -> DecodedImage:
+    """The image of an item that was read (only those are grouped and ranked)."""
+    assert it.image is not None, f"image {it.image_id} was not read"
+    return it.image
+
 
 @dataclass
 class Candidate:
     index: int
     image_id: str
     score: float
-    ranked_by: str
+    ranked_by: RankedBy
     sharpness: float  # detail variance at the group's common size
     pixels: int
     facts: dict
@@ -101,7 +113,7 @@ SCALE_RANGE = (0.2, 5.0)
 def align_to(ref: np.ndarray, img: np.ndarray) -> tuple[float, float, float] | None:
     """(scale, tx, ty) mapping `img`'s pixels onto `ref`'s (x_ref = scale·x + tx), from ORB features and a
     RANSAC similarity fit; None when the two cannot be aligned (too few features, or a rotation)."""
-    orb = cv2.ORB_create(1500)
+    orb = cv2.ORB.create(1500)
     k1, d1 = orb.detectAndCompute(ref, None)
     k2, d2 = orb.detectAndCompute(img, None)
     if d1 is None or d2 is None or len(k1) < MIN_INLIERS or len(k2) < MIN_INLIERS:
@@ -109,8 +121,8 @@ def align_to(ref: np.ndarray, img: np.ndarray) -> tuple[float, float, float] | N
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(d2, d1)
     if len(matches) < MIN_INLIERS:
         return None
-    src = np.float32([k2[m.queryIdx].pt for m in matches])
-    dst = np.float32([k1[m.trainIdx].pt for m in matches])
+    src = np.array([k2[m.queryIdx].pt for m in matches], dtype=np.float32)
+    dst = np.array([k1[m.trainIdx].pt for m in matches], dtype=np.float32)
     M, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
     if M is None or int(inliers.sum()) < MIN_INLIERS:
         return None
@@ -163,10 +175,10 @@ def common_content(grays: list[np.ndarray]) -> list[np.ndarray] | None:
     return crops
 
 
-def equal_terms(items: list[Ingested], settings) -> EqualTerms:
+def equal_terms(items: list[Ingested], settings: Settings) -> EqualTerms:
     """Every member brought to the group's common content (when the members can be aligned; else the
     whole frames) and then to the smallest common size; sharpness, noise and exposure measured there."""
-    grays = [it.image.gray_max(settings.analysis_max_dim) for it in items]
+    grays = [decoded(it).gray_max(settings.analysis_max_dim) for it in items]
     crops = common_content(grays)
     views = crops if crops is not None else grays
     size = min(max(v.shape[:2]) for v in views)
@@ -199,8 +211,9 @@ def candidate(it: Ingested, result, detail: float, noise: float, exposure: float
     comps = list(q.components if q is not None else [])
     names = {c.name for c in comps}
     model_based = bool(names & {"brisque", "nima_technical"})
-    pixels = it.image.width * it.image.height
-    jpeg = it.image.jpeg_quality if it.image.jpeg_quality is not None else 100
+    image = decoded(it)
+    pixels = image.width * image.height
+    jpeg = image.jpeg_quality if image.jpeg_quality is not None else 100
     terms = [score_svc.Component(c.name, c.raw, c.raw_range, c.higher_is_better, c.score, c.weight)
              for c in comps if c.name not in ("sharpness", "noise", "exposure")
              and not (c.name == "brisque" and brisque is not None)]
@@ -223,8 +236,8 @@ def candidate(it: Ingested, result, detail: float, noise: float, exposure: float
     }
     return Candidate(index=it.index, image_id=it.image_id, score=float(group_score),
                      ranked_by="quality_score" if model_based else "sharpness_exposure",
-                     sharpness=float(detail), pixels=pixels, facts=facts, width=it.image.width,
-                     height=it.image.height, jpeg_quality=it.image.jpeg_quality)
+                     sharpness=float(detail), pixels=pixels, facts=facts, width=image.width,
+                     height=image.height, jpeg_quality=image.jpeg_quality)
 
 
 def describe(c: Candidate) -> str:
@@ -357,10 +370,10 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
     failed = [C.FailedImage(image_id=it.image_id, error=it.error) for it in items if it.error is not None]
 
     hashes = await orch.in_pool(lambda: [phash_svc.phash_image(it.image, orch.settings.analysis_max_dim) for it in ok])
-    links: dict[tuple[int, int], set[str]] = {}
+    links: dict[tuple[int, int], set[LinkKind]] = {}
     for a, b in hash_links(hashes, req.hash_max_distance):
         links.setdefault((a, b), set()).add("phash")
-    features = ["phash"]
+    features: list[Feature] = ["phash"]
     with_emb = [k for k, it in enumerate(ok)
                 if it.models.get("clip") is not None and not isinstance(it.models["clip"], BaseException)]
     if use_clip and len(with_emb) >= 2:
@@ -390,8 +403,9 @@ async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: 
             continue
         group = [ok[k] for k in members]
         terms = await orch.in_pool(equal_terms, group, orch.settings)
-        max_pixels = max(it.image.width * it.image.height for it in group)
-        best_jpeg = max(it.image.jpeg_quality if it.image.jpeg_quality is not None else 100 for it in group)
+        images = [decoded(it) for it in group]
+        max_pixels = max(image.width * image.height for image in images)
+        best_jpeg = max(image.jpeg_quality if image.jpeg_quality is not None else 100 for image in images)
         brisques = await common_view_brisque(orch, group, terms)
         cands = [candidate(it, by_index[it.index], d, n, e, orch.settings.blur_threshold, max_pixels, best_jpeg, b)
                  for it, d, n, e, b in zip(group, terms.details, terms.noise, terms.exposure, brisques)]

@@ -12,7 +12,7 @@ pure: no I/O, no model call; the registry is read only for adapter facts
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from app.core.config import Settings
 from app.core.errors import ApiError, ModelUnavailable
@@ -26,12 +26,20 @@ from app.services import score as score_svc
 if TYPE_CHECKING:
     from app.services.orchestrator import Ingested, Plan
 
-AESTHETIC_LABELS = (("poor", 0.0, 4.0), ("average", 4.0, 5.5), ("good", 5.5, 6.5), ("excellent", 6.5, 11.0))
+AestheticLabel = Literal["poor", "average", "good", "excellent"]
+QualityName = Literal["sharpness", "noise", "blocking", "exposure", "brisque", "nima_technical"]
+Verdict = Literal["ok", "underexposed", "overexposed", "mixed"]
+
+# Fields declared as `Field(None, description=...)` (a positional default) are seen as required by
+# mypy's dataclass_transform, so the constructors below pass those None defaults explicitly.
+
+AESTHETIC_LABELS: tuple[tuple[AestheticLabel, float, float], ...] = (
+    ("poor", 0.0, 4.0), ("average", 4.0, 5.5), ("good", 5.5, 6.5), ("excellent", 6.5, 11.0))
 
 
 def assemble(it: Ingested, plan: Plan, settings: Settings, registry: ModelRegistry) -> S.ImageResult:
     """Per analysis of `plan`: its result, or a clear unavailable / error entry."""
-    res = S.ImageResult(image_id=it.image_id, source_url=it.source_url, error=it.error)
+    res = S.ImageResult(image_id=it.image_id, source_url=it.source_url, error=it.error, format=None, sha256=None)
     img = it.image
     if img is not None:
         res.width_px, res.height_px, res.format, res.sha256 = img.width, img.height, img.format, img.sha256
@@ -55,7 +63,7 @@ def assemble(it: Ingested, plan: Plan, settings: Settings, registry: ModelRegist
     return res
 
 
-def failure(exc: BaseException) -> tuple[str, S.AnalysisError]:
+def failure(exc: BaseException) -> tuple[S.Status, S.AnalysisError]:
     """(status, error) of an analysis whose model raised `exc`."""
     if isinstance(exc, ModelUnavailable):
         return "unavailable", S.AnalysisError(type="model_unavailable", message=exc.message)
@@ -84,7 +92,7 @@ def blur_result(it: Ingested, settings: Settings) -> S.BlurResult:
     h, w = it.gate["analyzed_shape"][:2]
     t = settings.blur_threshold
     sigma = it.gate["noise_sigma"]
-    return S.BlurResult(status="ok", laplacian_variance=round(var, 4),
+    return S.BlurResult(status="ok", error=None, laplacian_variance=round(var, 4),
                         sharpness_score=round(blur_svc.sharpness_score(var, t), 4),
                         noise_sigma=round(sigma, 4),
                         laplacian_noise_variance=round(it.gate["laplacian_noise_variance"], 4),
@@ -99,9 +107,9 @@ def exposure_result(it: Ingested, settings: Settings) -> S.ExposureResult:
     st: exp_svc.ExposureStats = it.gate["exposure"]
     under = exp_svc.is_underexposed(st, s.bright_min, s.shadow_clip_max)
     over = exp_svc.is_overexposed(st, s.bright_max, s.highlight_clip_max)
-    verdict = "mixed" if under and over else "underexposed" if under else "overexposed" if over else "ok"
+    verdict: Verdict = "mixed" if under and over else "underexposed" if under else "overexposed" if over else "ok"
     return S.ExposureResult(
-        status="ok", mean_brightness=round(st.mean_brightness, 3), contrast=round(st.contrast, 3),
+        status="ok", error=None, mean_brightness=round(st.mean_brightness, 3), contrast=round(st.contrast, 3),
         shadow_clip_fraction=round(st.shadow_clip_fraction, 5), highlight_clip_fraction=round(st.highlight_clip_fraction, 5),
         p05_brightness=st.p05, p95_brightness=st.p95, exposure_score=round(exp_svc.exposure_score_for(st, settings), 4),
         is_underexposed=under, is_overexposed=over, verdict=verdict, thresholds=exposure_thresholds(settings))
@@ -157,15 +165,16 @@ def quality_result(it: Ingested, settings: Settings, registry: ModelRegistry) ->
     comps, missing, raw = quality_components(it, settings, registry)
     q = score_svc.combine(comps)
     if q is None:
-        return S.QualityResult(status="unavailable", thresholds=thresholds, missing=missing,
+        return S.QualityResult(status="unavailable", band=None, is_ok=None, overall_quality=None,
+                               thresholds=thresholds, missing=missing,
                                error=S.AnalysisError(type="analysis_failed", message="No quality component is available."))
     return S.QualityResult(
-        status="ok", score=round(q, 4), band=score_svc.band(q), is_ok=q >= settings.quality_min,
+        status="ok", error=None, score=round(q, 4), band=score_svc.band(q), is_ok=q >= settings.quality_min,
         overall_quality=score_svc.overall_quality(q),
         brisque=round(raw["brisque"], 4) if "brisque" in raw else None,
         niqe=round(raw["niqe"], 4) if "niqe" in raw else None,
         nima_technical=round(raw["nima_technical"], 4) if "nima_technical" in raw else None,
-        components=[S.QualityComponent(name=c.name, raw=round(c.raw, 4), raw_range=c.raw_range,
+        components=[S.QualityComponent(name=cast(QualityName, c.name), raw=round(c.raw, 4), raw_range=c.raw_range,
                                        higher_is_better=c.higher_is_better, score=round(c.score, 4), weight=c.weight)
                     for c in comps],
         missing=missing, thresholds=thresholds)
@@ -180,11 +189,12 @@ def aesthetic_result(it: Ingested) -> S.AestheticResult:
         status, err = failure(nima) if nima is not None else ("unavailable", S.AnalysisError(
             type="model_unavailable", message="NIMA aesthetic did not run."))
         if laion_score is not None:
-            return S.AestheticResult(status="ok", laion_score=round(laion_score, 4), error=err, thresholds=thresholds)
-        return S.AestheticResult(status=status, error=err, thresholds=thresholds)
+            return S.AestheticResult(status="ok", laion_score=round(laion_score, 4), error=err, thresholds=thresholds,
+                                     nima_distribution=None, label=None)
+        return S.AestheticResult(status=status, error=err, thresholds=thresholds, nima_distribution=None, label=None)
     mean = float(nima["mean"])
     label = next(name for name, lo, hi in AESTHETIC_LABELS if lo <= mean < hi) if mean < 11 else "excellent"
-    return S.AestheticResult(status="ok", nima_score=round(mean, 4), nima_std=round(float(nima["std"]), 4),
+    return S.AestheticResult(status="ok", error=None, nima_score=round(mean, 4), nima_std=round(float(nima["std"]), 4),
                              nima_distribution=[round(float(p), 5) for p in nima["distribution"]], label=label,
                              laion_score=round(laion_score, 4) if laion_score is not None else None,
                              thresholds=thresholds)
@@ -193,10 +203,12 @@ def aesthetic_result(it: Ingested) -> S.AestheticResult:
 def embedding_result(it: Ingested, registry: ModelRegistry) -> S.EmbeddingResult:
     value = it.models.get("clip")
     if value is None or isinstance(value, BaseException):
+        status: S.Status
+        err: S.AnalysisError | None
         status, err = failure(value) if value is not None else ("unavailable", None)
-        return S.EmbeddingResult(status=status, error=err)
+        return S.EmbeddingResult(status=status, error=err, vector=None)
     adapter = registry.loaded("clip")
-    return S.EmbeddingResult(status="ok", model=getattr(adapter, "model_name", None), dim=int(len(value)),
+    return S.EmbeddingResult(status="ok", error=None, model=getattr(adapter, "model_name", None), dim=int(len(value)),
                              vector=[round(float(x), 6) for x in value])
 
 
@@ -215,17 +227,21 @@ def emotion_result(it: Ingested, settings: Settings) -> S.EmotionResult:
     value = it.models.get("emotion")
     detector = settings.deepface_detector if settings.emotion_model == "deepface" else "yunet"
     if value is None or isinstance(value, BaseException):
+        status: S.Status
+        err: S.AnalysisError | None
         status, err = failure(value) if value is not None else ("unavailable", None)
         return S.EmotionResult(status=status, error=err, detector=detector)
     faces = [S.EmotionFace(box=box(f["box"]), confidence=float(f.get("confidence", 0.0)),
                            dominant_emotion=f["dominant_emotion"],
                            emotions={k: round(float(v), 5) for k, v in f["emotions"].items()}) for f in value]
-    return S.EmotionResult(status="ok", faces=faces, count=len(faces), detector=detector)
+    return S.EmotionResult(status="ok", error=None, faces=faces, count=len(faces), detector=detector)
 
 
 def faces_result(it: Ingested, registry: ModelRegistry) -> S.FacesResult:
     value = it.models.get("faces")
     if value is None or isinstance(value, BaseException):
+        status: S.Status
+        err: S.AnalysisError | None
         status, err = failure(value) if value is not None else ("unavailable", None)
         return S.FacesResult(status=status, error=err, detector="yunet")
     faces = [S.Face(box=box(f["box"]), confidence=float(f["confidence"]),
@@ -233,4 +249,4 @@ def faces_result(it: Ingested, registry: ModelRegistry) -> S.FacesResult:
              for f in value]
     adapter = registry.loaded("faces")
     thr = {"score_threshold": float(getattr(adapter, "score_threshold", 0.0))} if adapter else {}
-    return S.FacesResult(status="ok", faces=faces, count=len(faces), detector="yunet", thresholds=thr)
+    return S.FacesResult(status="ok", error=None, faces=faces, count=len(faces), detector="yunet", thresholds=thr)

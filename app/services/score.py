@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from app.models import outputs
+from app.schemas.common import Band
 
-BANDS: tuple[tuple[str, float, float], ...] = (
+OverallQuality = Literal["low", "medium", "high"]
+
+BANDS: tuple[tuple[Band, float, float], ...] = (
     ("very_poor", 0.0, 0.25),
     ("poor", 0.25, 0.45),
     ("decent", 0.45, 0.6),
@@ -149,14 +153,14 @@ def combine(components: list[Component]) -> float | None:
     return clamp01(math.exp(log_sum / total))
 
 
-def band(score: float) -> str:
+def band(score: float) -> Band:
     for name, lo, hi in BANDS:
         if lo <= score < hi:
             return name
     return "excellent" if score >= 1 else "very_poor"
 
 
-def overall_quality(score: float) -> str:
+def overall_quality(score: float) -> OverallQuality:
     """festora's coarse label: low / medium / high."""
     if score < 0.45:
         return "low"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from app.api.deps import ImageRequestSpec, read_image_request, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
@@ -15,7 +17,7 @@ from app.services.orchestrator import api_error
 
 router = APIRouter(tags=["analysis"])
 
-ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429, 502, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429, 502, 504)}
 
 
 def _raise_item_error(result) -> None:
@@ -33,7 +35,7 @@ BATCH = ImageRequestSpec(BatchRequest, images="images", options=RunFlags, limit=
              openapi_extra=body_json_or_form(AnalyzeRequest, multiple_files=False))
 async def analyze(request: Request) -> AnalyzeResponse:
     req = await read_image_request(request, ANALYZE)
-    results = await request.app.state.orchestrator.analyze(req.sources, req.options)
+    results = await request.app.state.orchestrator.analyze(req.sources, req.opts)
     _raise_item_error(results[0])
     return AnalyzeResponse(result=results[0])
 
@@ -44,7 +46,7 @@ async def analyze(request: Request) -> AnalyzeResponse:
 async def analyze_batch(request: Request) -> BatchResponse:
     t0 = time.perf_counter()
     req = await read_image_request(request, BATCH)
-    results = await request.app.state.orchestrator.analyze(req.sources, req.options)
+    results = await request.app.state.orchestrator.analyze(req.sources, req.opts)
     failed = sum(1 for r in results if r.error is not None)
     return BatchResponse(results=results, summary=BatchSummary(
         total=len(results), succeeded=len(results) - failed, failed=failed,
@@ -55,7 +57,7 @@ class QualityGateRequest(ImageInput):
     """The gate takes one image: `url` or `base64` (or a multipart `file`)."""
 
 
-GATE = ImageRequestSpec(QualityGateRequest, images=None, options=None)
+GATE: ImageRequestSpec[BaseModel] = ImageRequestSpec(QualityGateRequest, images=None, options=None)
 
 
 @router.post("/quality", response_model=QualityGateResponse, responses=ERRORS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -16,7 +17,7 @@ from app.services.photoset import cluster_photoset
 
 router = APIRouter(tags=["photo sets"])
 
-ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429)}
 
 
 def run_dbscan(req: C.ClusterRequest, max_items: int) -> C.ClusterResponse:
@@ -68,4 +69,4 @@ PHOTOSET = ImageRequestSpec(C.PhotoSetRequest, images="images", options=PhotoSet
                                              form_fields=PHOTOSET_FORM_FIELDS))
 async def cluster_images(request: Request) -> C.PhotoSetResponse:
     req = await read_image_request(request, PHOTOSET)
-    return await cluster_photoset(request.app.state.orchestrator, req.sources, req.options)
+    return await cluster_photoset(request.app.state.orchestrator, req.sources, req.opts)

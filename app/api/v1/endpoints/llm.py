@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -24,7 +25,7 @@ from app.schemas.review import (
 
 router = APIRouter(tags=["llm review"])
 
-ERRORS = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429, 502, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 413, 415, 422, 429, 502, 503, 504)}
 ERRORS[502]["description"] = "`llm_provider_error`, `llm_invalid_output` (two invalid answers), `unreachable_url`."
 ERRORS[503]["description"] = "`llm_not_configured`: the provider's API key is missing or was rejected."
 ERRORS[504]["description"] = "`llm_timeout` (LLM_TIMEOUT_S), or `upstream_timeout` fetching an image URL."
@@ -74,7 +75,7 @@ async def llm_review(request: Request) -> LlmReviewResponse:
     started = time.perf_counter()
     settings = settings_of(request)
     req = await read_image_request(request, SINGLE)
-    opts = req.options
+    opts = req.opts
     pick_model(settings, opts.model)  # a model LLM_ALLOWED_MODELS refuses is a 422 before any image is read
     [img] = await _encode(request, req.sources, group=False)
     return await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
@@ -93,7 +94,7 @@ async def llm_review_group(request: Request) -> LlmGroupResponse:
     started = time.perf_counter()
     settings = settings_of(request)
     req = await read_image_request(request, GROUP)
-    opts = req.options
+    opts = req.opts
     pick_model(settings, opts.model)
     imgs = await _encode(request, req.sources, group=True)
     return await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,

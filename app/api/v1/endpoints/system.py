@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from app.core.config import API_VERSION, VERSION
-from app.schemas.system import HealthResponse, ModelStatus, Operation, OperationsResponse, VersionResponse
+from app.schemas.system import HealthResponse, HealthStatus, ModelStatus, Operation, OperationsResponse, VersionResponse
 
 _LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "timm",
          "deepface", "ai-edge-litert", "scikit-learn", "limits", "litellm")
@@ -27,6 +27,7 @@ def health_payload(request: Request) -> tuple[HealthResponse, int]:
             problems.append(f"preloaded model {name} failed: {m.last_error}")
     if not getattr(state, "accepting", False):
         problems.append("the service is shutting down (its worker pool is closed)")
+    status: HealthStatus
     if problems:
         status = "unavailable"
     elif any(m.state == "failed" or not m.files_present for m in models.values()):
