@@ -351,9 +351,6 @@ class BrisqueAdapter(ModelAdapter):
     path_setting: ClassVar[str | None] = "brisque_path"
     default_subdir: ClassVar[str] = "brisque"
     source: ClassVar[str] = "github.com/rehanguha/brisque brisque/models/{svm.txt,normalize.pickle}"
-    thread_safe: ClassVar[bool] = True
-    uses_torch: ClassVar[bool] = False
-    max_batch: ClassVar[int] = 16
     #: what a complete model folder holds
     files: ClassVar[tuple[str, ...]] = ("svm.txt", "normalize.json")
     sha256: ClassVar[dict[str, str]] = {"svm.txt": SVM_SHA256, "normalize.json": NORMALIZE_JSON_SHA256}

@@ -139,7 +139,6 @@ class ClipAdapter(ModelAdapter):
     default_subdir: ClassVar[str] = "clip"
     source: ClassVar[str] = "hf://openai/clip-vit-base-patch32"
     uses_torch: ClassVar[bool] = True
-    max_batch: ClassVar[int] = 16
     files: ClassVar[tuple[str, ...]] = tuple(CLIP_ALLOW_PATTERNS)
 
     def __init__(self, settings: Settings):

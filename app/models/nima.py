@@ -128,7 +128,6 @@ def nima_input(rgb: np.ndarray, size: int = NIMA_INPUT_SIZE) -> np.ndarray:
 
 class _NimaAdapter(ModelAdapter):
     uses_torch: ClassVar[bool] = True
-    max_batch: ClassVar[int] = 16
     #: checkpoint file name (pyiqa's), looked for in the resolved folder
     files: ClassVar[tuple[str, ...]]
     num_classes: ClassVar[int]

