@@ -112,6 +112,17 @@ class Settings(BaseSettings):
     face_score_threshold: float = Field(default=0.8, gt=0, lt=1)
     mobilenet_path: str = ""
     mobilenet_min_cosine: float = Field(default=0.77, gt=0, le=1)  # near-duplicate link threshold
+    tags_model: Literal["mobilenet_v2", "efficientnet_b3"] = "mobilenet_v2"  # ImageNet-1K labels
+    tags_path: str = ""
+    person_model: Literal["deeplabv3", "ssdlite"] = "deeplabv3"  # prominent-person boxes
+    person_path: str = ""
+    person_min_area: float = Field(default=0.005, ge=0, lt=1)  # smallest person blob, as a share of the image
+    dinov2_model_name: str = "facebook/dinov2-small"
+    dinov2_path: str = ""
+
+    # --- tasks ----------------------------------------------------------------
+    max_tasks: int = Field(default=16, ge=1, le=256)
+    crop_max_dim: int = Field(default=512, ge=32, le=4096)
 
     # --- photo sets / clustering --------------------------------------------
     max_cluster_items: int = Field(default=100_000, ge=1)

@@ -52,6 +52,9 @@ CATALOG: dict[str, str] = {
     "faces": "app.models.faces:YunetAdapter",
     "emotion": "app.models.emotion:EmotionAdapter",
     "mobilenet": "app.models.mobilenet:MobileNetEmbedAdapter",
+    "tags": "app.models.tags:TagsAdapter",
+    "person": "app.models.person:PersonAdapter",
+    "dinov2": "app.models.dinov2:Dinov2Adapter",
 }
 
 FAILED_RETRY_S = 30.0
