@@ -57,7 +57,7 @@ def body_limits(settings: Settings) -> tuple[dict[str, int], int]:
     batch = per_image * settings.max_batch_size + slack
     limits = {
         "/v1/analyze": per_image + slack, "/v1/quality": per_image + slack, "/v1/analyze/llm": per_image + slack,
-        "/v1/analyze/batch": batch,
+        "/v1/analyze/batch": batch, "/v1/tasks": per_image + slack, "/v1/tasks/batch": batch,
         "/v1/analyze/llm/group": per_image * LLM_GROUP_MAX + slack,
         "/v1/cluster/images": per_image * min(settings.max_cluster_images, settings.max_batch_size) + slack,
         # N vectors as JSON numbers (about 10 bytes each, 512-d by default), never below a batch's size

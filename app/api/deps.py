@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -184,6 +184,10 @@ class ImageRequestSpec(Generic[Opts]):
     count_range: tuple[int, int] | None = None
     #: ids default to the image's position and must be unique (named in the 422 as `unique_in`)
     unique_in: str | None = None
+    #: multipart fields when they differ from `options` (e.g. a JSON list sent as text), and how they
+    #: become `options` (raising ValidationFailed when they cannot)
+    form_options: type[BaseModel] | None = None
+    from_form: Callable[[Any], Opts] | None = None
 
 
 @dataclass
@@ -221,7 +225,10 @@ async def read_image_request(request: Request, spec: ImageRequestSpec[Opts]) -> 
             lo, hi = spec.count_range
             raise ValidationFailed(f"This request takes {lo} to {hi} images; {len(sources)} were sent.",
                                    detail={"min_images": lo, "max_images": hi, "received": len(sources)})
-        options = form_flags(form, spec.options, fields=spec.form_fields)
+        if spec.form_options is not None and spec.from_form is not None:
+            options = spec.from_form(form_flags(form, spec.form_options))
+        else:
+            options = form_flags(form, spec.options, fields=spec.form_fields)
     if spec.unique_in is not None:
         unique_ids(sources, spec.unique_in)
     return ImageRequest(sources=sources, options=options)

@@ -58,6 +58,18 @@ class Operation(BaseModel):
     settings: dict[str, Any] = Field(description="The settings it applies.")
 
 
+class TaskTypeInfo(BaseModel):
+    type: str = Field(description="The task's `type` in /v1/tasks.")
+    description: str
+    targets: list[str] = Field(description="The `params.target` values it accepts.")
+    default_target: str
+    params: dict[str, Any] = Field(description="Its params: each one's JSON schema, with its default.")
+    model: str | None = Field(default=None, description="The registry model it runs (null: none, or the analysis' own).")
+    ready: bool = Field(description="Its model (and the region models its targets need) are ready, or none is needed.")
+    available: bool = Field(description="It can run now or after a lazy load.")
+
+
 class OperationsResponse(BaseModel):
     api_version: str
     operations: list[Operation]
+    tasks: list[TaskTypeInfo] = Field(default_factory=list, description="The task types of /v1/tasks.")

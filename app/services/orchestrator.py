@@ -264,6 +264,11 @@ class Orchestrator:
         """Read, decode and run every analysis of `plan`; the raw per-image state, for callers that
         need more than the results (the photo-set clustering reads the decoded images too)."""
         items = await self.load_all(sources, gray=not plan.needs_rgb, min_dim=self.settings.analysis_max_dim)
+        await self.analyse(items, plan)
+        return items
+
+    async def analyse(self, items: list[Ingested], plan: Plan) -> None:
+        """Run the gate and the models of `plan` on items already read (those that failed are left alone)."""
         ok = [it for it in items if it.image is not None]
         if plan.gate and ok:
             t0 = time.perf_counter()
@@ -276,4 +281,3 @@ class Orchestrator:
                 it.timings["exposure_ms"] = g["exposure_ms"]
         if plan.models() and ok:
             await self.run_models(items, plan)
-        return items

@@ -55,14 +55,16 @@ def body_json_or_form(json_model: type[BaseModel], *, multiple_files: bool, form
                      if multiple_files else {"type": "string", "maxLength": 256,
                                              "description": "Optional id (default: the file name)."}),
     }
+    required = ["file"]
     if form_model is not None:
         form_props.update(form_properties(form_model, form_fields))
+        required += [n for n, f in form_model.model_fields.items() if f.is_required() and n in form_props]
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": component_ref(json_model)},
-                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": form_props,
+                "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": form_props,
                                                    "additionalProperties": False}},
             },
         }

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from app.core.config import API_VERSION, VERSION
-from app.schemas.system import HealthResponse, HealthStatus, ModelStatus, Operation, OperationsResponse, VersionResponse
+from app.schemas.system import HealthResponse, HealthStatus, ModelStatus, Operation, OperationsResponse, TaskTypeInfo, VersionResponse
 
 _LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "timm",
          "deepface", "ai-edge-litert", "scikit-learn", "limits", "litellm")
@@ -107,5 +107,30 @@ def llm_operation(s) -> Operation:
                                "llm_image_max_dim": s.llm_image_max_dim})
 
 
+def task_types(request: Request) -> list[TaskTypeInfo]:
+    """Every /v1/tasks type with its targets, params (and defaults), model and readiness. Region targets
+    also need the person model (and YuNet for faces), which `ready`/`available` take into account."""
+    from app.tasks.types import TASK_TYPES
+
+    registry = request.app.state.registry
+    infos = {name: registry.info(name) for name in registry.names()}
+    out = []
+    for t in TASK_TYPES.values():
+        needs = [t.model] if t.model else []
+        if t.analysis == "quality":
+            needs = []  # the quality score works with the gate alone
+        if "prominent_person" in t.targets:
+            needs.append("person")
+        if "prominent_face" in t.targets:
+            needs.append("faces")
+        schema = t.params.model_json_schema()
+        out.append(TaskTypeInfo(
+            type=t.name, description=t.description, targets=list(t.targets), default_target=t.default_target,
+            params={k: {kk: vv for kk, vv in v.items() if kk != "title"} for k, v in schema.get("properties", {}).items()},
+            model=t.model, ready=all(infos[m].state == "ready" for m in needs if m in infos),
+            available=all(infos[m].usable for m in needs if m in infos)))
+    return out
+
+
 async def operations(request: Request) -> OperationsResponse:
-    return OperationsResponse(api_version=API_VERSION, operations=operations_list(request))
+    return OperationsResponse(api_version=API_VERSION, operations=operations_list(request), tasks=task_types(request))
