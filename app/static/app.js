@@ -17,7 +17,14 @@
     embedding: "Embedding (CLIP)", faces: "Faces", emotion: "Emotion" };
 
   const $ = (sel, root = document) => root.querySelector(sel);
-  const state = { items: [], nextId: 1, busy: false, opsLoaded: false };
+  const state = { items: [], nextId: 1, busy: false, opsLoaded: false, regionsBlocked: "" };
+  // Regions: one POST /v1/tasks per photo (the person box, the face box, the top tags of the whole photo)
+  const REGION_TASKS = [
+    { operation_id: "person", type: "detect_bounding_box", params: { target: "prominent_person" } },
+    { operation_id: "face", type: "detect_bounding_box", params: { target: "prominent_face" } },
+    { operation_id: "tags", type: "tag_imagenet", params: { target: "whole_image", top: 5, minconf: 0.05 } },
+  ];
+  const REGION_NEEDS = { detect_bounding_box: "the person model", tag_imagenet: "the ImageNet tags model" };
 
   /* ---------- small DOM helper ---------- */
   function h(tag, attrs = {}, ...children) {
@@ -156,9 +163,11 @@
     try {
       const data = await api("GET", "/v1/operations");
       renderOps(data.operations || []);
+      regionsReadiness(data.tasks, data.operations);
       state.opsLoaded = true;
     } catch (err) {
       renderOps(FALLBACK_OPS);
+      regionsReadiness(null);
       showAlert(err, err.type === "unauthorized" ? "This Loupe instance needs an API key" : "Could not list the analyses");
     }
   }
@@ -167,6 +176,49 @@
     const out = {};
     for (const c of document.querySelectorAll("#ops input[type=checkbox]")) out[c.value] = c.checked;
     return out;
+  }
+
+  /* ---------- regions readiness (from GET /v1/operations → tasks) ---------- */
+  function regionsReadiness(tasks, ops) {
+    const why = $("#regions-why");
+    let blocked = "";
+    let note = "";
+    if (tasks === null) {
+      note = "Could not ask this instance whether it has the person and tags models (see the message above).";
+    } else if (!Array.isArray(tasks) || !tasks.length) {
+      blocked = "Not available: this instance does not offer POST /v1/tasks.";
+    } else {
+      const byType = new Map(tasks.map((t) => [t.type, t]));
+      const missing = Object.keys(REGION_NEEDS).filter((t) => !byType.has(t) || !byType.get(t).available);
+      const faces = (ops || []).find((o) => o.name === "faces");
+      const needs = { ...REGION_NEEDS };
+      if (faces && !faces.available) needs.detect_bounding_box = "the person model or the face detector";
+      if (missing.length) {
+        const what = missing.map((t) => `${needs[t]} (${t})`).join(" and ");
+        blocked = `Not available on this instance: ${what} ${missing.length > 1 ? "are" : "is"} not installed, ` +
+          "as GET /v1/operations says.";
+      } else if (Object.keys(REGION_NEEDS).some((t) => !byType.get(t).ready)) {
+        note = "Its models load on first use: the first photo takes longer.";
+      }
+    }
+    state.regionsBlocked = blocked;
+    why.textContent = blocked || note;
+    why.hidden = !(blocked || note);
+    why.classList.toggle("blocked", Boolean(blocked));
+    updateButtons();
+  }
+
+  function updateButtons() {
+    $("#run").disabled = state.busy;
+    const regions = $("#regions");
+    regions.disabled = state.busy || Boolean(state.regionsBlocked);
+    regions.title = state.regionsBlocked || "";
+  }
+
+  function setBusy(busy, button) {
+    state.busy = busy;
+    if (busy) button.setAttribute("aria-busy", "true"); else button.removeAttribute("aria-busy");
+    updateButtons();
   }
 
   /* ---------- queue of photos ---------- */
@@ -350,6 +402,113 @@
     return card;
   }
 
+  /* ---------- regions ---------- */
+  const REGION_LABEL = { person: "Person", face: "Face" };
+
+  function regionBox(kind, box, w, hgt) {
+    const [x0, y0, x1, y1] = box.box;
+    const label = `${kind} ${fmt(box.score * 100, 0)} %`;
+    const top = (y0 / hgt) * 100;
+    return h("div", {
+      class: `regionbox ${kind}${top < 6 ? " label-inside" : ""}`, role: "img", "aria-label": `${REGION_LABEL[kind]}: ${label}`,
+      "data-box": box.box.join(","),
+      style: { left: `${(x0 / w) * 100}%`, top: `${top}%`, width: `${((x1 - x0) / w) * 100}%`, height: `${((y1 - y0) / hgt) * 100}%` },
+    }, h("span", { class: "regionlabel", text: label }));
+  }
+
+  function regionWords(kind, r) {
+    // a skipped box task says why in words: "No person found…", "No face found…"
+    const msg = (r && r.error_message) || "It did not run.";
+    if (r && r.status === "skipped") {
+      const lead = kind === "person" ? "No person found" : "No face found";
+      return h("span", { class: "region-none", text: msg.toLowerCase().startsWith(lead.toLowerCase()) ? msg : `${lead}: ${msg}` });
+    }
+    return h("span", {}, h("span", { class: "tag warn", text: "failed" }), ` ${msg}`);
+  }
+
+  function tagList(r) {
+    if (!r || r.status !== "success") {
+      return h("span", {}, h("span", { class: "tag warn", text: "failed" }), ` ${(r && r.error_message) || "It did not run."}`);
+    }
+    const labels = (r.data && r.data.labels) || [];
+    if (!labels.length) {
+      return h("span", { class: "muted", text: `No label reaches ${pct(r.data.minconf, 0)} confidence.` });
+    }
+    return h("ol", { class: "taglist", "aria-label": "ImageNet tags" }, labels.map((l) => h("li", {},
+      h("span", { class: "tag-label", text: l.label }),
+      h("span", { class: "tag-bar", "aria-hidden": "true" }, h("span", { style: { width: `${Math.max(1, l.confidence * 100)}%` } })),
+      h("span", { class: "tag-conf", text: pct(l.confidence, 1) }))));
+  }
+
+  function regionsCard(it, resp, err) {
+    const figure = h("div", { class: "figure" }, h("img", {
+      src: it.src, alt: `Photo ${it.name}`, onerror: (e) => { e.target.hidden = true; },
+    }));
+    const body = h("div", { class: "card-body" }, h("h3", { class: "card-title", title: it.name, text: it.name }));
+    const card = h("article", { class: "card regions-card", "data-image-id": it.imageId }, figure, body);
+    if (err) {
+      card.classList.add("failed");
+      body.append(h("div", { class: "item-error" }, errorNode(err, "Could not find the regions of this image")));
+      return card;
+    }
+    const res = resp.results || {};
+    const w = resp.width_px, hgt = resp.height_px;
+    const person = res.person, face = res.face;
+    const found = (r) => r && r.status === "success" && r.data && Array.isArray(r.data.box);
+    if (w && hgt) {
+      if (found(person)) figure.append(regionBox("person", person.data, w, hgt));
+      if (found(face)) figure.append(regionBox("face", face.data, w, hgt));
+    }
+    body.append(h("p", { class: "muted small", text: `${w} × ${hgt} px · boxes in original pixels [x min, y min, x max, y max]` }));
+    const dl = h("dl", { class: "facts" });
+    const swatch = (kind) => h("span", { class: `swatch ${kind}`, "aria-hidden": "true" });
+    const share = (r) => (r.data.area_share !== undefined && r.data.area_share !== null ? `, ${pct(r.data.area_share, 0)} of the photo` : "");
+    dl.append(...row("Person", swatch("person"), found(person)
+      ? h("span", { class: "region-found", text: `[${person.data.box.join(", ")}] · confidence ${pct(person.data.score, 0)}${share(person)}` })
+      : regionWords("person", person)));
+    const faceDesc = found(face)
+      ? [h("span", { class: "region-found", text: `[${face.data.box.join(", ")}] · confidence ${pct(face.data.score, 0)}${share(face)}` }),
+        face.cropped_image_base64 ? h("img", { class: "crop", src: `data:image/png;base64,${face.cropped_image_base64}`, alt: `Face cut from ${it.name}` }) : null]
+      : [regionWords("face", face)];
+    dl.append(...row("Face", swatch("face"), ...faceDesc));
+    dl.append(...row("Tags", tagList(res.tags)));
+    body.append(dl);
+    return card;
+  }
+
+  async function runRegions() {
+    if (state.busy || state.regionsBlocked) return;
+    clearAlert();
+    const items = gatherItems();
+    if (!items) return;
+    setBusy(true, $("#regions"));
+    const out = $("#regions-out");
+    out.replaceChildren();
+    $("#regions-section").hidden = false;
+    try {
+      const inputs = await Promise.all(items.map(imageInput));
+      for (let i = 0; i < items.length; i += 1) {
+        setStatus(`Finding regions in photo ${i + 1} of ${items.length}…`);
+        try {
+          const resp = await api("POST", "/v1/tasks", { image: inputs[i], tasks: REGION_TASKS, return_crops: true });
+          out.append(regionsCard(items[i], resp, null));
+        } catch (err) {
+          if (err.status === 0 || err.type === "unauthorized" || err.type === "rate_limited") throw err;
+          out.append(regionsCard(items[i], null, err));
+        }
+      }
+      const failed = out.querySelectorAll(".card.failed").length;
+      setStatus(`Looked for a person, a face and tags in ${items.length} photo${items.length > 1 ? "s" : ""}` +
+        `${failed ? `, ${failed} could not be read` : ""}.`);
+      if (failed < items.length && !state.regionsBlocked) $("#regions-why").hidden = true; // "loads on first use": done
+    } catch (err) {
+      setStatus("");
+      showAlert(err, "Finding regions failed");
+    } finally {
+      setBusy(false, $("#regions"));
+    }
+  }
+
   function groupsView(resp, byId) {
     const out = [];
     const name = (id) => (byId.get(id) ? byId.get(id).name : id);
@@ -383,23 +542,27 @@
   }
 
   /* ---------- run ---------- */
-  async function run() {
-    if (state.busy) return;
-    clearAlert();
+  function gatherItems() {
     const items = [...state.items, ...urlItems()];
     for (const it of items) if (!it.imageId) it.imageId = uniqueId(it.name);
     if (!items.length) {
       showAlert({ type: "no_input", message: "Add a photo or paste an image URL first." }, "Nothing to analyse");
-      return;
+      return null;
     }
+    return items;
+  }
+
+  async function run() {
+    if (state.busy) return;
+    clearAlert();
+    const items = gatherItems();
+    if (!items) return;
     const f = flags();
     if (!Object.values(f).some(Boolean)) {
       showAlert({ type: "no_analysis", message: "Tick at least one analysis." }, "Nothing to run");
       return;
     }
-    state.busy = true;
-    $("#run").disabled = true;
-    $("#run").setAttribute("aria-busy", "true");
+    setBusy(true, $("#run"));
     const results = $("#results");
     results.replaceChildren();
     $("#groups-section").hidden = true;
@@ -428,9 +591,7 @@
       setStatus("");
       showAlert(err, "The analysis failed");
     } finally {
-      state.busy = false;
-      $("#run").disabled = false;
-      $("#run").removeAttribute("aria-busy");
+      setBusy(false, $("#run"));
     }
   }
 
@@ -457,6 +618,8 @@
     $("#file").value = "";
     $("#results").replaceChildren(h("p", { class: "muted empty", text: "Cleared." }));
     $("#groups-section").hidden = true;
+    $("#regions-section").hidden = true;
+    $("#regions-out").replaceChildren();
     clearAlert();
     renderQueue();
   }
@@ -476,6 +639,7 @@
       if (files.length) { e.preventDefault(); addFiles(files); }
     });
     $("#run").addEventListener("click", run);
+    $("#regions").addEventListener("click", runRegions);
     $("#clear").addEventListener("click", clearAll);
     const key = $("#apikey");
     key.value = apiKey();

@@ -81,6 +81,7 @@ def images(tmp_path_factory) -> dict[str, Path]:
         "IMG_002.jpg": encode(jpeg_roundtrip(np.ascontiguousarray(base[10:h - 8, 6:w - 12]), 80), quality=85),
         "IMG_003_blurred.jpg": encode(gaussian_blur(base, 3.0)),
         "coffee.png": encode(photo("coffee"), "PNG"),
+        "chelsea.jpg": encode(photo("chelsea"), quality=95),
         "notes.jpg": b"Shopping list: milk, eggs. This is not a photo.",
     }
     out = {}
@@ -90,16 +91,50 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def watched_page(context):
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     pg.loupe_requests = []  # every URL the page asks for
+    pg.loupe_posts = []  # (url, JSON body) of every POST
     pg.loupe_errors = []
     pg.on("request", lambda r: pg.loupe_requests.append(r.url))
+    pg.on("request", lambda r: pg.loupe_posts.append((r.url, r.post_data_json)) if r.method == "POST" else None)
     pg.on("pageerror", lambda e: pg.loupe_errors.append(str(e)))
-    yield pg
+    return pg
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield watched_page(context)
+    context.close()
+
+
+# the real offline weights the Regions view needs (as tests/api/test_tasks_api.py uses them)
+REGION_WEIGHTS = {"person": "person_deeplabv3_tflite", "tags": "imagenet_mobilenet_tflite"}
+YUNET = SHARED_WEIGHTS / "face_yunet" / "face_detection_yunet_2023mar.onnx"
+
+
+@pytest.fixture(scope="module")
+def regions_server(tmp_path_factory):
+    """The app with MODEL_DIR holding the real person and tags weights (and YuNet for faces)."""
+    missing = [src for src in REGION_WEIGHTS.values() if not (SHARED_WEIGHTS / src).is_dir()]
+    if not YUNET.is_file():
+        missing.append("face_yunet")
+    if missing:
+        pytest.skip(f"real weights not available: {', '.join(sorted(missing))} missing from {SHARED_WEIGHTS}")
+    tmp = tmp_path_factory.mktemp("regions")
+    for sub, src in REGION_WEIGHTS.items():
+        shutil.copytree(SHARED_WEIGHTS / src, tmp / "models" / sub)
+    s = make_server(tmp)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def regions_page(browser, regions_server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield watched_page(context)
     context.close()
 
 
@@ -268,3 +303,150 @@ def test_several_images_are_grouped_with_the_best_marked(page, server, images, t
     if os.environ.get("LOUPE_SCREENSHOT"):
         page.screenshot(path=os.environ["LOUPE_SCREENSHOT"], full_page=True)
     assert_only_local(page, server)
+
+
+REGION_TASKS = [
+    {"operation_id": "person", "type": "detect_bounding_box", "params": {"target": "prominent_person"}},
+    {"operation_id": "face", "type": "detect_bounding_box", "params": {"target": "prominent_face"}},
+    {"operation_id": "tags", "type": "tag_imagenet", "params": {"target": "whole_image", "top": 5, "minconf": 0.05}},
+]
+
+
+def api_regions(server: LiveServer, path: Path) -> dict:
+    body = {"image": {"base64": base64.b64encode(path.read_bytes()).decode(), "image_id": path.name},
+            "tasks": REGION_TASKS, "return_crops": True}
+    r = httpx.post(f"{server.base_url}/v1/tasks", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def run_regions(pg, server, path: Path):
+    open_page(pg, server)
+    button = pg.locator("#regions")
+    pg.wait_for_function("!document.querySelector('#regions').disabled")
+    pg.set_input_files("#file", str(path))
+    button.click()
+    card = pg.locator("#regions-out .card").first
+    card.wait_for()
+    pg.wait_for_function("!document.querySelector('#regions').disabled")  # the run has finished
+    # one click, one photo: one POST /v1/tasks with the three tasks and crops
+    posts = [(u, b) for u, b in pg.loupe_posts if u.startswith(server.base_url + "/v1/")]
+    assert [u for u, _ in posts] == [server.base_url + "/v1/tasks"], posts
+    body = posts[0][1]
+    assert body["tasks"] == REGION_TASKS and body["return_crops"] is True
+    assert body["image"]["image_id"] == path.name and body["image"]["base64"].startswith("data:image/")
+    return card
+
+
+def assert_box_drawn(card, kind: str, box: list[int], size: tuple[int, int]) -> None:
+    drawn = card.locator(f".regionbox.{kind}")
+    assert drawn.count() == 1
+    img = card.locator(".figure img").bounding_box()
+    b = drawn.bounding_box()
+    scale = img["width"] / size[0]
+    x0, y0, x1, y1 = box
+    # drawn where the region is, scaled from original pixels to the displayed size
+    assert b["x"] - img["x"] == pytest.approx(x0 * scale, abs=3)
+    assert b["y"] - img["y"] == pytest.approx(y0 * scale, abs=3)
+    assert b["width"] == pytest.approx((x1 - x0) * scale, abs=4)
+    assert b["height"] == pytest.approx((y1 - y0) * scale, abs=4)
+    assert drawn.inner_text().startswith(kind)  # labelled
+    assert drawn.get_attribute("aria-label").startswith(kind.capitalize())
+
+
+def tag_rows(card) -> list[str]:
+    items = card.locator(".taglist li")
+    return [items.nth(i).inner_text() for i in range(items.count())]
+
+
+def test_regions_of_a_portrait_show_person_face_crop_and_tags(regions_page, regions_server, images):
+    pg, server, path = regions_page, regions_server, images["astronaut.jpg"]
+    expected = api_regions(server, path)
+    res = expected["results"]
+    assert res["person"]["status"] == "success" and res["face"]["status"] == "success", res
+    card = run_regions(pg, server, path)
+    size = (expected["width_px"], expected["height_px"])
+    card.locator(".regionbox.face").wait_for()
+    assert_box_drawn(card, "person", res["person"]["data"]["box"], size)
+    assert_box_drawn(card, "face", res["face"]["data"]["box"], size)
+    colour = card.locator(".regionbox.person").evaluate("e => getComputedStyle(e).borderTopColor")
+    assert colour != card.locator(".regionbox.face").evaluate("e => getComputedStyle(e).borderTopColor")
+    text = card.inner_text()
+    assert f"[{', '.join(map(str, res['person']['data']['box']))}]" in text
+    assert f"[{', '.join(map(str, res['face']['data']['box']))}]" in text
+    assert "No person found" not in text and "No face found" not in text
+    # the face crop from cropped_image_base64, loaded and shown
+    crop = card.locator("img.crop")
+    assert crop.count() == 1
+    assert crop.get_attribute("src") == "data:image/png;base64," + res["face"]["cropped_image_base64"]
+    pg.wait_for_function("document.querySelector('#regions-out img.crop').complete")
+    natural = crop.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    fx0, fy0, fx1, fy1 = res["face"]["data"]["box"]
+    assert natural[0] > 0 and abs(natural[0] / natural[1] - (fx1 - fx0) / (fy1 - fy0)) < 0.1
+    # the tags with their confidences, in the API's order
+    labels = res["tags"]["data"]["labels"]
+    assert 1 <= len(labels) <= 5
+    rows = tag_rows(card)
+    assert len(rows) == len(labels)
+    for row, want in zip(rows, labels):
+        assert want["label"] in row and f"{want['confidence'] * 100:.1f} %" in row
+    assert "Looked for a person, a face and tags in 1 photo." in pg.locator("#status").inner_text()
+    if os.environ.get("LOUPE_SCREENSHOT"):
+        pg.screenshot(path=os.environ["LOUPE_SCREENSHOT"].replace(".png", "-regions.png"), full_page=True)
+    assert_only_local(pg, server)
+
+
+def test_regions_of_a_cat_say_no_person_and_show_cat_tags(regions_page, regions_server, images):
+    pg, server, path = regions_page, regions_server, images["chelsea.jpg"]
+    expected = api_regions(server, path)["results"]
+    assert expected["person"]["status"] == "skipped" and expected["face"]["status"] == "skipped", expected
+    card = run_regions(pg, server, path)
+    card.locator(".taglist").wait_for()
+    text = card.inner_text()
+    assert "No person found" in text and expected["person"]["error_message"] in text
+    assert "No face found" in text and expected["face"]["error_message"] in text
+    assert card.locator(".regionbox").count() == 0 and card.locator("img.crop").count() == 0
+    rows = tag_rows(card)
+    assert len(rows) == len(expected["tags"]["data"]["labels"]) >= 1
+    assert any("cat" in r.lower() for r in rows), rows
+    assert "{" not in text  # words, not JSON
+    assert_only_local(pg, server)
+
+
+def test_regions_disabled_with_the_reason_when_models_are_missing(page, server):
+    """The plain server has no person or tags model: the button is off and says why."""
+    tasks = {t["type"]: t for t in httpx.get(f"{server.base_url}/v1/operations").json()["tasks"]}
+    if tasks["detect_bounding_box"]["available"] and tasks["tag_imagenet"]["available"]:
+        pytest.skip("this environment provides the person and tags models to every server")
+    open_page(page, server)
+    page.wait_for_function("document.querySelector('#regions').disabled")
+    why = page.locator("#regions-why")
+    assert why.is_visible()
+    words = why.inner_text()
+    assert words.startswith("Not available on this instance:") and "not installed" in words
+    if not tasks["detect_bounding_box"]["available"]:
+        assert "the person model" in words and "(detect_bounding_box)" in words
+    if not tasks["tag_imagenet"]["available"]:
+        assert "the ImageNet tags model (tag_imagenet)" in words
+    assert "regions-why" in page.locator("#regions").get_attribute("aria-describedby")
+    # Analyse still works
+    assert page.locator("#run").is_enabled()
+    assert [u for u, _ in page.loupe_posts] == []
+    assert_only_local(page, server)
+
+
+def test_regions_errors_are_shown_in_words(regions_page, regions_server, images):
+    pg, server = regions_page, regions_server
+    open_page(pg, server)
+    pg.wait_for_function("!document.querySelector('#regions').disabled")
+    pg.set_input_files("#file", str(images["notes.jpg"]))
+    pg.click("#regions")
+    card = pg.locator("#regions-out .card.failed").first
+    card.wait_for()
+    text = card.inner_text()
+    assert "Could not find the regions of this image" in text
+    assert "The data is not an image in a supported format." in text
+    assert "Use a JPEG, PNG, WebP, GIF, BMP or TIFF image." in text and "unsupported media type" in text
+    assert "{" not in text and '"type"' not in text
+    assert [u for u, _ in pg.loupe_posts] == [server.base_url + "/v1/tasks"]
+    assert_only_local(pg, server)
