@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from app.cli.errors import ServerError
+from app.cli.tasks import TaskRun
 
 
 def describe_error(body: Any, status: int) -> dict[str, Any]:
@@ -82,7 +83,8 @@ class Api:
             raise ServerError(f"{self.where} refused the request: {err['message']}{hint}")
         return resp.status_code, body
 
-    async def operations(self) -> list[dict[str, Any]]:
+    async def catalog(self) -> dict[str, Any]:
+        """GET /v1/operations: {operations: [...], tasks: [...]} (also a check that the server answers)."""
         try:
             status, body = await self.call("GET", "/v1/operations")
         except httpx.TimeoutException as exc:
@@ -91,7 +93,10 @@ class Api:
             raise ServerError(f"{self.server} does not look like a Loupe server (GET /v1/operations answered 404)")
         if status != 200 or not isinstance(body, dict):
             raise ServerError(f"{self.where}: GET /v1/operations failed: {describe_error(body, status)['message']}")
-        return body.get("operations", [])
+        return body
+
+    async def operations(self) -> list[dict[str, Any]]:
+        return (await self.catalog()).get("operations", [])
 
 
 def build_app(verbose: bool, overrides: dict[str, Any]):
@@ -116,3 +121,13 @@ def warn_unavailable(ops: list[dict[str, Any]], flags: dict[str, bool], where: s
         if flag and flags.get(flag) and not op.get("available") and not op.get("ready"):
             print(f"note: {op['name']} is not fully available on {where} (its model files are missing); "
                   "its values may be empty", file=sys.stderr)
+
+
+def warn_unavailable_tasks(catalog: dict[str, Any], run: TaskRun, where: str) -> None:
+    """A note for each task of `run` whose type the server lists as not available."""
+    kinds = {t.get("type"): t for t in catalog.get("tasks") or [] if isinstance(t, dict)}
+    for op, kind in run.types.items():
+        info = kinds.get(kind)
+        if info is not None and not info.get("available") and not info.get("ready"):
+            print(f"note: task {op!r} ({kind}) is not fully available on {where} (its model files, or those of the "
+                  "person or face detector it may need, are missing); it may come back as error", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The two commands, `score` and `cluster`, and `main`, which turns their failures into exit codes.
 
-Each command reads its inputs (manifest.py), talks to Loupe through one `Api`
-(client.py) and hands the answers to its outputs (writer.py, sheet.py); what is
+Each command reads its inputs (manifest.py; tasks.py for `score --tasks`), talks to
+Loupe through one `Api` (client.py) and hands the answers to its outputs (writer.py,
+sheet.py, tasks.py's crops); what is
 left here is the flow of a run: batching, concurrency, retries, resuming, and the
 one-line summary on stdout.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from app.cli.client import Api, describe_error, warn_unavailable
+from app.cli.client import Api, describe_error, warn_unavailable, warn_unavailable_tasks
 from app.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -34,12 +35,13 @@ from app.cli.errors import (
 from app.cli.manifest import IMAGE_EXTENSIONS, Item, b64_of, collect
 from app.cli.parser import ANALYSES, build_parser
 from app.cli.sheet import export_best, groups_json, render_contact_sheet, thumbnail_data_uri
+from app.cli.tasks import TaskRun, check_csv_header, read_task_run, save_crops, task_row
 from app.cli.writer import OutputLock, Writer, load_done
 
 
 # --- score -----------------------------------------------------------------------------------------------------
-async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], writer: Writer, retries: int = 3) -> None:
-    """Send one /v1/analyze/batch request; every image ends as a row (result or error)."""
+async def read_batch(batch: list[Item], writer: Writer) -> tuple[list[dict[str, Any]], list[Item]]:
+    """The images of a batch as API inputs; a file that cannot be read is an error row at once."""
     images: list[dict[str, Any]] = []
     sendable: list[Item] = []
     for it in batch:
@@ -55,20 +57,36 @@ async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], write
             continue
         images.append({"base64": data, "image_id": it.image_id[:256]})
         sendable.append(it)
-    if not sendable:
-        return
+    return images, sendable
+
+
+async def post_batch(api: Api, path: str, payload: dict[str, Any], sendable: list[Item], writer: Writer,
+                     retries: int) -> tuple[int, Any] | None:
+    """POST with retries on 429; None when it timed out (every image then has its error row)."""
     for attempt in range(retries + 1):
         try:
-            status, body = await api.call("POST", "/v1/analyze/batch", json={"images": images, **flags})
+            status, body = await api.call("POST", path, json=payload)
         except httpx.TimeoutException as exc:
             err = {"type": "timeout", "message": f"no answer from {api.where} within {api.timeout:g} s ({type(exc).__name__})"}
             for it in sendable:
                 writer.write(it, None, err)
-            return
+            return None
         if status == 429 and attempt < retries:
             await asyncio.sleep(min(60.0, 2.0 ** attempt * 2))
             continue
         break
+    return status, body
+
+
+async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], writer: Writer, retries: int = 3) -> None:
+    """Send one /v1/analyze/batch request; every image ends as a row (result or error)."""
+    images, sendable = await read_batch(batch, writer)
+    if not sendable:
+        return
+    answer = await post_batch(api, "/v1/analyze/batch", {"images": images, **flags}, sendable, writer, retries)
+    if answer is None:
+        return
+    status, body = answer
     if status == 200 and isinstance(body, dict) and len(body.get("results", [])) == len(sendable):
         for it, res in zip(sendable, body["results"]):
             writer.write(it, res, res.get("error"))
@@ -83,19 +101,73 @@ async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], write
         writer.write(it, None, err)
 
 
+def about_images(err: dict[str, Any]) -> bool:
+    """A 422 located in the images of the request (one bad entry of a manifest), not in the task list."""
+    detail = err.get("detail")
+    errors = detail.get("errors") if isinstance(detail, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return False
+    return all(isinstance(e, dict) and isinstance(e.get("loc"), list) and e["loc"][:1] == ["images"] for e in errors)
+
+
+async def score_tasks_batch(api: Api, batch: list[Item], run: TaskRun, writer: Writer, retries: int = 3) -> None:
+    """Send one /v1/tasks/batch request; every image ends as a row (its task results, or its error). A task
+    list the server refuses (422) or a server without the endpoint (404) stops the run: RefusedError."""
+    images, sendable = await read_batch(batch, writer)
+    if not sendable:
+        return
+    payload = {"images": images, "tasks": run.tasks, "return_crops": run.crops_dir is not None}
+    answer = await post_batch(api, "/v1/tasks/batch", payload, sendable, writer, retries)
+    if answer is None:
+        return
+    status, body = answer
+    if status == 200 and isinstance(body, dict) and len(body.get("results", [])) == len(sendable):
+        for it, res in zip(sendable, body["results"]):
+            if run.crops_dir is not None and isinstance(res, dict):
+                await asyncio.to_thread(save_crops, run.crops_dir, it.key, res)
+            writer.write(it, res, res.get("error") if isinstance(res, dict) else None)
+        return
+    err = describe_error(body, status)
+    if status == 404:
+        raise RefusedError(f"{api.where} has no POST /v1/tasks/batch (an older Loupe?)")
+    if status == 422 and not about_images(err):
+        raise RefusedError(f"{api.where} refused the task list of {run.source}: {err['message']}")
+    if status == 413 and len(sendable) > 1 and err["type"] == "payload_too_large":
+        half = len(sendable) // 2  # the server takes fewer per request: split and go on
+        await score_tasks_batch(api, sendable[:half], run, writer, retries)
+        await score_tasks_batch(api, sendable[half:], run, writer, retries)
+        return
+    for it in sendable:
+        writer.write(it, None, err)
+
+
+def task_run_of(args: argparse.Namespace) -> TaskRun | None:
+    """The checked --tasks file (None without --tasks)."""
+    tasks_file: Path | None = getattr(args, "tasks", None)
+    return read_task_run(tasks_file, getattr(args, "crops", None)) if tasks_file is not None else None
+
+
 async def run_score(args: argparse.Namespace) -> int:
     out: Path = args.out
-    items = collect(args.source)
+    run = task_run_of(args)  # a bad tasks file is a usage error before anything else is read
+    crops_dir = run.crops_dir if run is not None else None
+    items = collect(args.source, exclude=[crops_dir] if crops_dir is not None else [])
     if not items:
         raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {args.source}")
     with OutputLock(out):
-        return await score_items(args, items)
+        return await score_items(args, items, run)
 
 
-async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
+async def score_items(args: argparse.Namespace, items: list[Item], run: TaskRun | None = None) -> int:
+    """Score `items` into args.out: with the analyses of the flags, or with the task list of `run`
+    (read from args.tasks when not given)."""
     out: Path = args.out
     jsonl_path = out.with_name(out.name + ".jsonl")
     fresh = not args.resume
+    if run is None:
+        run = task_run_of(args)
+    if run is not None and not fresh:
+        check_csv_header(out.with_name(out.name + ".csv"), run.csv_fields)
     done, failed_before = (set(), set()) if fresh else load_done(jsonl_path)
     skip = done - failed_before if args.retry_failed else done
     todo = [it for it in items if it.key not in skip]
@@ -113,8 +185,12 @@ async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
     async with Api(args.server, args.api_key, args.timeout, args.verbose) as api:
         if api.settings is not None:
             batch_size = min(batch_size, api.settings.max_batch_size)
-        warn_unavailable(await api.operations(), flags, api.where)
-        writer = Writer(out, fresh)
+        if run is None:
+            warn_unavailable(await api.operations(), flags, api.where)
+            writer = Writer(out, fresh)
+        else:
+            warn_unavailable_tasks(await api.catalog(), run, api.where)
+            writer = Writer(out, fresh, run.csv_fields, task_row(run.types), lazy=True)
         try:
             from tqdm import tqdm
 
@@ -126,7 +202,10 @@ async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
                 async with sem:
                     # every item of a batch ends as exactly one row; counting the writer's rows
                     # here would also count the rows other batches wrote meanwhile
-                    await score_batch(api, batch, flags, writer)
+                    if run is None:
+                        await score_batch(api, batch, flags, writer)
+                    else:
+                        await score_tasks_batch(api, batch, run, writer)
                     bar.update(len(batch))
                     bar.set_postfix(failed=writer.failed, refresh=False)
 
@@ -145,7 +224,8 @@ async def score_items(args: argparse.Namespace, items: list[Item]) -> int:
             writer.close()
     dt = time.perf_counter() - t0
     print(f"scored {writer.rows} image(s) in {dt:.1f} s ({writer.rows / dt:.1f}/s), {writer.failed} failed"
-          + (f", {skipped} already done" if skipped else "") + f" → {writer.csv_path}, {writer.jsonl_path}")
+          + (f", {skipped} already done" if skipped else "") + f" → {writer.csv_path}, {writer.jsonl_path}"
+          + (f", crops in {run.crops_dir}" if run is not None and run.crops_dir is not None else ""))
     return EXIT_FAILED if writer.failed else EXIT_OK
 
 
@@ -231,12 +311,24 @@ def main(argv: list[str] | None = None) -> int:
     args.server = args.server or os.environ.get("LOUPE_SERVER") or None
     args.api_key = args.api_key or os.environ.get("LOUPE_API_KEY") or None
     if args.command == "score":
-        if args.all:
-            for _, opt, _, _ in ANALYSES:
-                setattr(args, opt, True)
-        if not any(getattr(args, opt) for _, opt, _, _ in ANALYSES):
-            print("loupe score: error: every analysis is turned off", file=sys.stderr)
+        if args.tasks is not None:
+            changed = ["--all"] if args.all else []
+            changed += [f"--{'no-' if default else ''}{opt}" for _, opt, default, _ in ANALYSES if getattr(args, opt) != default]
+            if changed:
+                print(f"loupe score: error: --tasks replaces the analysis options (the tasks file says what runs; "
+                      f"add a task such as {{\"operation_id\": \"sharp\", \"type\": \"blur\"}} instead): drop "
+                      f"{' '.join(changed)}", file=sys.stderr)
+                return EXIT_USAGE
+        elif args.crops is not None:
+            print("loupe score: error: --crops needs --tasks FILE (crops are the regions of tasks)", file=sys.stderr)
             return EXIT_USAGE
+        else:
+            if args.all:
+                for _, opt, _, _ in ANALYSES:
+                    setattr(args, opt, True)
+            if not any(getattr(args, opt) for _, opt, _, _ in ANALYSES):
+                print("loupe score: error: every analysis is turned off", file=sys.stderr)
+                return EXIT_USAGE
         if args.batch_size < 1 or args.concurrency < 1:
             print("loupe score: error: --batch-size and --concurrency must be at least 1", file=sys.stderr)
             return EXIT_USAGE

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # some images failed (error rows / failed list)
-EXIT_USAGE = 2  # bad arguments, no such folder or manifest, no images found
+EXIT_USAGE = 2  # bad arguments, no such folder or manifest, no images found, a bad --tasks file
 EXIT_SERVER = 3  # server unreachable, API key missing or rejected
-EXIT_REFUSED = 4  # the API refused the whole request (cluster: too many images, invalid parameters)
+EXIT_REFUSED = 4  # the API refused the whole request (cluster: too many images, invalid parameters; an invalid task list)
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
   0    every image was processed without error (or there was nothing left to do)
   1    some images failed: each has a row with its error (score) or is listed under "failed" (cluster)
-  2    usage error: bad option, no such folder or manifest, no images found, or another run is writing
-       the same outputs
+  2    usage error: bad option, no such folder or manifest, no images found, a --tasks file that cannot be
+       read or is not a JSON array, or another run is writing the same outputs
   3    the server is unreachable, or the API key is missing or rejected (nothing more was processed)
-  4    the API refused the whole request (cluster: e.g. more images than MAX_CLUSTER_IMAGES)
+  4    the API refused the whole request (cluster: e.g. more images than MAX_CLUSTER_IMAGES; score --tasks:
+       an invalid task list, with the server's reason)
   130  interrupted (Ctrl-C); `score` resumes where it stopped when run again
 """
 

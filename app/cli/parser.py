@@ -3,7 +3,7 @@
 Only argparse lives here, so the whole user-facing contract (flags, defaults,
 help, exit-code table) reads in one place and the commands stay plain functions
 of the parsed `Namespace`. `ANALYSES` ties each `score` option to the flag of
-/v1/analyze it sets.
+/v1/analyze it sets; `score --tasks` replaces them with a task list (tasks.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app.cli.errors import EXIT_CODES_HELP
 from app.cli.manifest import IMAGE_EXTENSIONS
+from app.cli.tasks import TASKS_CSV_HELP
 from app.cli.writer import CSV_FIELDS
 
 ANALYSES = (  # flag name in the API, CLI option, default, help
@@ -72,24 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "image gives one JSONL line (the full result, or its error) and one CSV row (the key numbers). "
                     "Outputs are appended as results come: an interrupted run resumes where it stopped when run "
                     "again (images already in PREFIX.jsonl are skipped). A failed image is a row with its error, "
-                    "never a stop."),
-        epilog=wrap("CSV columns: " + ", ".join(CSV_FIELDS) + ".") + "\n\n" + EXIT_CODES_HELP + """
+                    "never a stop. With --tasks FILE, a task list runs instead of the analyses: the same run, "
+                    "through /v1/tasks/batch (boxes of the prominent person or face, embeddings and ImageNet tags "
+                    "of those regions, whole-image analyses)."),
+        epilog=wrap("CSV columns: " + ", ".join(CSV_FIELDS) + ".") + "\n\n" + wrap(TASKS_CSV_HELP) + "\n\n"
+        + EXIT_CODES_HELP + """
 examples:
   loupe score ~/photos --out scores
   loupe score urls.csv --aesthetic --faces --emotion --out run1
   LOUPE_API_KEY=… loupe score ~/photos --server http://loupe:8000 --concurrency 4 --batch-size 16
+  loupe score ~/photos --tasks tasks.json --crops crops/ --out regions
+    with tasks.json: [{"operation_id": "person", "type": "detect_bounding_box"},
+                      {"operation_id": "tags", "type": "tag_imagenet", "params": {"top": 3}},
+                      {"operation_id": "face", "type": "embed_clip", "params": {"target": "prominent_face"}}]
 """)
     sc.add_argument("source", type=Path, metavar="DIR_OR_MANIFEST", help="Folder of images, or a .csv/.jsonl/.txt manifest.")
     sc.add_argument("--out", type=Path, default=Path("loupe-scores"), metavar="PREFIX",
                     help="Output prefix: writes PREFIX.csv and PREFIX.jsonl (default: %(default)s).")
-    g = sc.add_argument_group("analyses (each flag of /v1/analyze; --no-X turns one off)")
+    t = sc.add_argument_group("tasks (POST /v1/tasks/batch instead of the analyses)")
+    t.add_argument("--tasks", type=Path, default=None, metavar="FILE",
+                   help="A JSON file holding an array of tasks: exactly the `tasks` of /v1/tasks ({\"operation_id\", "
+                        "\"type\", \"params\"} each; GET /v1/operations lists the types). Every image gets every task; "
+                        "the CSV gets one column per operation_id (see below), the JSONL each image's task results. "
+                        "Replaces the analysis options. A file that cannot be read, is not JSON or not an array is a "
+                        "usage error (2); a task list the server refuses stops the run (4), with its reason.")
+    t.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                   help="With --tasks: ask for the crops (return_crops) and write each task's region as "
+                        "DIR/<image path>/<operation_id>.png, its path in the JSONL as cropped_image_path (DIR is "
+                        "skipped when scanning). Default: no crops.")
+    g = sc.add_argument_group("analyses (each flag of /v1/analyze; --no-X turns one off; not with --tasks)")
     for api_flag, opt, default, text in ANALYSES:
         g.add_argument(f"--{opt}", dest=opt, action=argparse.BooleanOptionalAction, default=default,
                        help=f"{text} ({api_flag}; default: {'on' if default else 'off'}).")
     g.add_argument("--all", action="store_true", help="Turn every analysis on.")
     r = sc.add_argument_group("throughput and resuming")
     r.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="Images per /v1/analyze/batch request (capped at MAX_BATCH_SIZE in-process; "
+                   help="Images per /v1/analyze/batch (or /v1/tasks/batch) request (capped at MAX_BATCH_SIZE in-process; "
                         "a server that answers 413 gets smaller requests; default: %(default)s).")
     r.add_argument("--concurrency", type=int, default=2, metavar="N",
                    help="Requests in flight at once (default: %(default)s).")

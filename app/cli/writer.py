@@ -2,17 +2,18 @@
 
 Appending and flushing per image is what makes a run resumable: `load_done`
 reads back which images are already in the JSONL, and `OutputLock` keeps two runs
-from appending to the same files. The CSV carries the key numbers (`flatten`),
-the JSONL the full result or error.
+from appending to the same files. The CSV carries the key numbers (`flatten`; with
+--tasks, tasks.py's `task_row`), the JSONL the full result or error.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from app.cli.errors import UsageError
 from app.cli.manifest import Item
@@ -20,6 +21,9 @@ from app.cli.manifest import Item
 CSV_FIELDS = ("path", "image_id", "width", "height", "laplacian_variance", "is_blurry", "mean_brightness", "verdict",
               "quality_score", "quality_band", "quality_is_ok", "brisque", "nima", "aesthetic", "aesthetic_laion",
               "faces", "emotions", "error")
+
+#: (key, image_id, result, error) → the CSV row
+RowFn = Callable[[str, str, dict[str, Any] | None, dict[str, Any] | None], dict[str, Any]]
 
 
 def flatten(key: str, image_id: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
@@ -75,23 +79,40 @@ def load_done(jsonl: Path) -> tuple[set[str], set[str]]:
 
 
 class Writer:
-    """Appends one JSONL line and one CSV row per image, flushed as they come (so a crash loses nothing)."""
+    """Appends one JSONL line and one CSV row per image, flushed as they come (so a crash loses nothing).
 
-    def __init__(self, prefix: Path, fresh: bool):
+    `fields` and `row` are the CSV's columns and the function that fills them (`score --tasks` has its own);
+    `lazy` opens the files at the first row, so a run refused before any answer leaves the outputs as they were."""
+
+    def __init__(self, prefix: Path, fresh: bool, fields: Sequence[str] = CSV_FIELDS, row: RowFn = flatten,
+                 lazy: bool = False):
         self.jsonl_path = prefix.with_name(prefix.name + ".jsonl")
         self.csv_path = prefix.with_name(prefix.name + ".csv")
-        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "w" if fresh else "a"
-        new_csv = fresh or not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        self.jsonl = self.jsonl_path.open(mode, encoding="utf-8")
-        self.csv_fh = self.csv_path.open(mode, newline="", encoding="utf-8")
-        self.csv = csv.DictWriter(self.csv_fh, fieldnames=CSV_FIELDS)
-        if new_csv:
-            self.csv.writeheader()
+        self.fresh = fresh
+        self.fields = tuple(fields)
+        self.row = row
+        self.jsonl: IO[str] | None = None
+        self.csv_fh: IO[str] | None = None
+        self.csv: csv.DictWriter | None = None
         self.rows = 0
         self.failed = 0
+        if not lazy:
+            self.open()
+
+    def open(self) -> None:
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "w" if self.fresh else "a"
+        new_csv = self.fresh or not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        self.jsonl = self.jsonl_path.open(mode, encoding="utf-8")
+        self.csv_fh = csv_fh = self.csv_path.open(mode, newline="", encoding="utf-8")
+        self.csv = csv.DictWriter(csv_fh, fieldnames=self.fields)
+        if new_csv:
+            self.csv.writeheader()
 
     def write(self, item: Item, result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+        if self.jsonl is None:
+            self.open()
+        assert self.jsonl is not None and self.csv is not None and self.csv_fh is not None
         if error is not None:
             error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
         source = item.url if item.url else str(item.path)
@@ -99,14 +120,16 @@ class Writer:
                 "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.jsonl.flush()
-        self.csv.writerow(flatten(item.key, item.image_id, result, error))
+        self.csv.writerow(self.row(item.key, item.image_id, result, error))
         self.csv_fh.flush()
         self.rows += 1
         self.failed += error is not None
 
     def close(self) -> None:
-        self.jsonl.close()
-        self.csv_fh.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.csv_fh is not None:
+            self.csv_fh.close()
 
 
 class OutputLock:

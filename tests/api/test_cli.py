@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from PIL import Image
 from app import cli
 from app.core.config import Settings
 from app.main import create_app
-from tests.helpers import PROJECT_ROOT, clock_motion, encode, gaussian_blur, jpeg_roundtrip, motion_blur, photo
+from tests.helpers import PROJECT_ROOT, SHARED_WEIGHTS, clock_motion, encode, gaussian_blur, jpeg_roundtrip, motion_blur, photo
 from tests.servers import free_port
 
 VOLATILE = ("timings_ms", "processing_time_ms", "image_id")
@@ -485,3 +486,220 @@ def test_progress_bar_counts_each_image_once_with_concurrency(tmp_path, cli_env,
     counts = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) \[", err)]
     assert counts and counts[-1] == (n, n), err[-500:]
     assert all(done <= total for done, total in counts), counts
+
+
+# --- score --tasks -----------------------------------------------------------------------------------------------
+TASK_WEIGHTS = {"yunet": "face_yunet", "person": "person_deeplabv3_tflite", "tags": "imagenet_mobilenet_tflite",
+                "mobilenet": "imagenet_mobilenet_tflite"}
+TASKS = [{"operation_id": "person", "type": "detect_bounding_box"},
+         {"operation_id": "tags", "type": "tag_imagenet", "params": {"top": 3}},
+         {"operation_id": "face", "type": "embed_mobilenet", "params": {"target": "prominent_face"}}]
+TASK_COLUMNS = ["path", "image_id", "width", "height", "person", "tags", "face", "error"]
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory):
+    """A MODEL_DIR with the real offline weights of the person model, YuNet, the ImageNet tagger and MobileNet."""
+    missing = sorted({src for src in TASK_WEIGHTS.values() if not (SHARED_WEIGHTS / src).is_dir()})
+    if missing:
+        pytest.skip(f"real weights not available: {', '.join(missing)} missing from {SHARED_WEIGHTS}")
+    root = tmp_path_factory.mktemp("cli-task-models")
+    for sub, src in TASK_WEIGHTS.items():
+        shutil.copytree(SHARED_WEIGHTS / src, root / sub)
+    return root
+
+
+@pytest.fixture
+def task_env(cli_env, monkeypatch, task_models):
+    monkeypatch.setenv("MODEL_DIR", str(task_models))
+    return cli_env
+
+
+def write_task_photos(root: Path, names=("astronaut.jpg", "chelsea.png", "nested/coffee.jpg")) -> dict[str, bytes]:
+    files = {}
+    for rel in names:
+        stem, ext = Path(rel).stem, Path(rel).suffix
+        data = encode(photo(stem), "PNG") if ext == ".png" else encode(photo(stem))
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        files[rel] = data
+    return files
+
+
+def write_tasks(path: Path, tasks) -> Path:
+    path.write_text(json.dumps(tasks) if not isinstance(tasks, str) else tasks)
+    return path
+
+
+def test_score_with_a_tasks_file_boxes_tags_embeddings_and_crops(tmp_path, task_env, task_models, capsys):
+    photos = tmp_path / "photos"
+    files = write_task_photos(photos)
+    tasks = write_tasks(tmp_path / "tasks.json", TASKS)
+    crops = photos / "crops"  # inside the scanned folder: never scanned as photos
+    out = tmp_path / "out" / "regions"
+    assert cli.main(["score", str(photos), "--tasks", str(tasks), "--crops", str(crops), "--out", str(out),
+                     "--batch-size", "2", "--no-progress"]) == cli.EXIT_OK
+    assert "scored 3 image(s)" in capsys.readouterr().out
+
+    lines = {line["path"]: line for line in read_jsonl(out.with_suffix(".jsonl"))}
+    with out.with_suffix(".csv").open(newline="") as fh:
+        assert next(csv.reader(fh)) == TASK_COLUMNS
+    rows = {r["path"]: r for r in read_csv(out.with_suffix(".csv"))}
+    assert set(lines) == set(rows) == set(files)  # one row per image, the crops folder not scanned
+    for name in files:
+        line, row = lines[name], rows[name]
+        assert line["error"] is None and row["error"] == "" and line["source"] == str(photos / name)
+        res = line["result"]["results"]
+        assert set(res) == {"person", "tags", "face"}
+        assert all("cropped_image_base64" not in r for r in res.values())  # crops are files, not base64 in the JSONL
+        h, w = photo(Path(name).stem).shape[:2]
+        assert (int(row["width"]), int(row["height"])) == (line["result"]["width_px"], line["result"]["height_px"]) == (w, h)
+        labels = res["tags"]["data"]["labels"]
+        assert res["tags"]["status"] == "success" and 1 <= len(labels) <= 3
+        assert [x["confidence"] for x in labels] == sorted((x["confidence"] for x in labels), reverse=True)
+        assert row["tags"] == f"{labels[0]['label']} ({labels[0]['confidence']:.3f})"
+        assert res["tags"]["cropped_image_path"] is None  # whole image: no crop
+
+    # the astronaut: her box, her face's 1024-d MobileNet vector, both crops written where the JSONL says
+    astro, row = lines["astronaut.jpg"]["result"]["results"], rows["astronaut.jpg"]
+    box = astro["person"]["data"]["box"]
+    assert astro["person"]["status"] == "success" and len(box) == 4
+    assert 0 <= box[0] < box[2] <= 512 and 0 <= box[1] < box[3] <= 512
+    assert (box[2] - box[0]) * (box[3] - box[1]) > 0.2 * 512 * 512
+    assert row["person"] == " ".join(str(v) for v in box)
+    face = astro["face"]
+    assert face["status"] == "success" and face["data"]["dim"] == len(face["data"]["vector"]) == 1024
+    assert row["face"] == "1024"
+    fb = face["cropped_image_bbox"]
+    assert box[0] - 4 <= fb[0] < fb[2] <= box[2] + 4 and box[1] - 4 <= fb[1] < fb[3] <= box[3] + 4
+    for op, bbox in (("person", box), ("face", fb)):
+        path = crops / "astronaut.jpg" / f"{op}.png"
+        assert astro[op]["cropped_image_path"] == str(path)
+        with Image.open(path) as png:
+            assert png.format == "PNG"
+            assert abs(png.width / png.height - (bbox[2] - bbox[0]) / (bbox[3] - bbox[1])) < 0.1
+    assert sorted(p.name for p in (crops / "astronaut.jpg").iterdir()) == ["face.png", "person.png"]
+
+    # no person in the cat or the coffee: the person task is skipped, and so is the face; no crops
+    for name in ("chelsea.png", "nested/coffee.jpg"):
+        res, row = lines[name]["result"]["results"], rows[name]
+        assert res["person"]["status"] == "skipped" and "No person" in res["person"]["error_message"]
+        assert res["face"]["status"] == "skipped" and row["person"] == row["face"] == "skipped"
+        assert res["person"]["cropped_image_path"] is None and not (crops / name).exists()
+    assert any("cat" in x["label"].lower() for x in lines["chelsea.png"]["result"]["results"]["tags"]["data"]["labels"])
+
+    # run again: the crops inside the folder are not taken for new photos, nothing is left to do
+    assert cli.main(["score", str(photos), "--tasks", str(tasks), "--crops", str(crops), "--out", str(out),
+                     "--no-progress"]) == cli.EXIT_OK
+    assert "nothing to do: all 3 images" in capsys.readouterr().out
+
+    # the box is the API's own answer for the same bytes
+    with TestClient(create_app(Settings(_env_file=None, log_json=False, log_level="WARNING",
+                                        model_dir=task_models))) as c:
+        r = c.post("/v1/tasks", json={"image": {"base64": base64.b64encode(files["astronaut.jpg"]).decode()},
+                                      "tasks": TASKS[:1], "return_crops": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"]["person"]["data"]["box"] == box
+
+
+def test_score_tasks_resume_skips_done_images(tmp_path, task_env, monkeypatch, capsys):
+    """Run, run again (nothing sent), add a photo (only it is sent and appended); another task list
+    cannot append to these outputs, --no-resume starts over with its columns."""
+    from app.cli.client import Api
+
+    sent: list[tuple[str, list[str]]] = []
+    real_call = Api.call
+
+    async def spy(self, method, path, **kw):
+        if method == "POST":
+            body = kw.get("json") or {}
+            sent.append((path, [i["image_id"] for i in body.get("images", [])]))
+            assert body.get("return_crops") is False  # no --crops: no crops asked for
+        return await real_call(self, method, path, **kw)
+
+    monkeypatch.setattr(Api, "call", spy)
+    photos = tmp_path / "photos"
+    write_task_photos(photos, ("astronaut.jpg", "nested/coffee.jpg"))
+    tasks = write_tasks(tmp_path / "tasks.json", TASKS)
+    out = tmp_path / "resume"
+    args = ["score", str(photos), "--tasks", str(tasks), "--out", str(out), "--no-progress", "--batch-size", "1"]
+    assert cli.main(args) == cli.EXIT_OK
+    assert sorted(ids for _, [ids] in sent) == ["astronaut.jpg", "nested/coffee.jpg"]
+    assert {path for path, _ in sent} == {"/v1/tasks/batch"}
+    lines = read_jsonl(out.with_suffix(".jsonl"))
+    assert all(r["cropped_image_base64"] is None and "cropped_image_path" not in r
+               for line in lines for r in line["result"]["results"].values())
+    jsonl_before, csv_before = out.with_suffix(".jsonl").read_text(), out.with_suffix(".csv").read_text()
+
+    sent.clear()
+    capsys.readouterr()
+    assert cli.main(args) == cli.EXIT_OK
+    assert sent == [] and "nothing to do" in capsys.readouterr().out
+    assert out.with_suffix(".jsonl").read_text() == jsonl_before
+    assert out.with_suffix(".csv").read_text() == csv_before
+
+    write_task_photos(photos, ("chelsea.png",))
+    assert cli.main(args) == cli.EXIT_OK
+    assert sent == [("/v1/tasks/batch", ["chelsea.png"])]
+    lines2 = read_jsonl(out.with_suffix(".jsonl"))
+    assert lines2[:-1] == lines and lines2[-1]["path"] == "chelsea.png"
+    rows = read_csv(out.with_suffix(".csv"))
+    assert [r["path"] for r in rows] == [line["path"] for line in lines2]
+    assert rows[-1]["person"] == "skipped" and rows[-1]["tags"] and rows[-1]["error"] == ""
+    assert out.with_suffix(".csv").read_text().count("path,image_id,") == 1  # one header
+
+    # another task list: its columns are not these, so it does not append to them
+    other = write_tasks(tmp_path / "other.json", [{"operation_id": "sharp", "type": "blur"}])
+    sent.clear()
+    other_args = ["score", str(photos), "--tasks", str(other), "--out", str(out), "--no-progress"]
+    assert cli.main(other_args) == cli.EXIT_USAGE
+    assert "other columns" in capsys.readouterr().err and sent == []
+    assert len(read_jsonl(out.with_suffix(".jsonl"))) == 3
+    assert cli.main([*other_args, "--no-resume"]) == cli.EXIT_OK
+    rows = read_csv(out.with_suffix(".csv"))
+    assert len(rows) == 3 and list(rows[0]) == ["path", "image_id", "width", "height", "sharp", "error"]
+    assert all(float(r["sharp"]) > 0 for r in rows)
+
+
+def test_score_tasks_file_errors(tmp_path, cli_env, capsys):
+    """A tasks file that cannot be used is a usage error (2) before anything runs; a task list the
+    server refuses is exit 4 with the server's reason, and leaves no outputs."""
+    photos = tmp_path / "photos"
+    write_task_photos(photos, ("coffee.jpg",))
+    out = tmp_path / "o"
+
+    def score(*extra: str) -> tuple[int, str]:
+        code = cli.main(["score", str(photos), "--out", str(out), "--no-progress", *extra])
+        return code, capsys.readouterr().err
+
+    code, err = score("--tasks", str(tmp_path / "missing.json"))
+    assert code == cli.EXIT_USAGE and "cannot read the tasks file" in err
+    code, err = score("--tasks", str(write_tasks(tmp_path / "bad.json", '[{"operation_id": "x",')))
+    assert code == cli.EXIT_USAGE and "not valid JSON" in err
+    code, err = score("--tasks", str(write_tasks(tmp_path / "obj.json", {"tasks": TASKS})))
+    assert code == cli.EXIT_USAGE and "JSON array" in err and "not an object" in err
+    code, err = score("--tasks", str(write_tasks(tmp_path / "clash.json", [{"operation_id": "error", "type": "blur"}])))
+    assert code == cli.EXIT_USAGE and "clash" in err
+    code, err = score("--crops", str(tmp_path / "crops"))
+    assert code == cli.EXIT_USAGE and "--crops needs --tasks" in err
+    code, err = score("--tasks", str(write_tasks(tmp_path / "ok.json", TASKS)), "--faces")
+    assert code == cli.EXIT_USAGE and "--faces" in err
+    assert not out.with_suffix(".jsonl").exists() and not out.with_suffix(".csv").exists()
+
+    # the server's 422: the whole run is refused, with its words, and nothing is written
+    code, err = score("--tasks", str(write_tasks(tmp_path / "unknown.json", [{"operation_id": "x", "type": "make_coffee"}])))
+    assert code == cli.EXIT_REFUSED and "refused the task list" in err and "make_coffee" in err and "detect_bounding_box" in err
+    code, err = score("--tasks", str(write_tasks(tmp_path / "dupe.json", [{"operation_id": "x", "type": "blur"},
+                                                                           {"operation_id": "x", "type": "exposure"}])))
+    assert code == cli.EXIT_REFUSED and "more than once" in err
+    assert not out.with_suffix(".jsonl").exists() and not out.with_suffix(".csv").exists()
+
+    # a real process: exit 2 and the reason on stderr; the help documents the option and the CSV columns
+    proc = run_cli("score", str(photos), "--tasks", str(tmp_path / "bad.json"), cwd=cli_env)
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr
+    proc = run_cli("score", "--help", cwd=cli_env)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())  # the help is wrapped to the terminal's width
+    for words in ("--tasks FILE", "--crops DIR", "CSV columns with --tasks", "one column per operation_id",
+                  "detect_bounding_box", "tag_imagenet", "x0 y0 x1 y1"):
+        assert words in text, words
