@@ -3,6 +3,7 @@
 
     python scripts/bench.py gate      # blur/exposure gate: images/s in-process and requests/s over HTTP
     python scripts/bench.py models    # full analysis: ms/image at batch 1 and 16 vs a sequential pipeline, peak RSS
+    python scripts/bench.py tasks     # /v1/tasks (person + face box, face CLIP, tags): batch 1 and 16 vs 1 task/request
     python scripts/bench.py cluster   # DBSCAN on 10k and 100k x 512 vectors vs scikit-learn's brute DBSCAN
     python scripts/bench.py features  # noise measures and the MobileNet embedding, ms per image
     python scripts/bench.py all
@@ -267,7 +268,7 @@ def bench_features(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["gate", "models", "cluster", "features", "all"], nargs="?", default="gate")
+    parser.add_argument("section", choices=["gate", "models", "tasks", "cluster", "features", "all"], nargs="?", default="gate")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to try")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
@@ -285,6 +286,10 @@ def main() -> int:
         from scripts.bench_models import bench_models
 
         results["models"] = bench_models(args)
+    if args.section in ("tasks", "all"):
+        from scripts.bench_tasks import bench_tasks
+
+        results["tasks"] = bench_tasks(args)
     if args.section in ("cluster", "all"):
         from scripts.bench_cluster import _table
         from scripts.bench_cluster import run as bench_cluster
