@@ -10,6 +10,12 @@ Each model downloads with a progress bar and is verified by sha256 where its sou
 files. `--from DIR` accepts either a MODEL_DIR-shaped folder (brisque/, niqe/, yunet/ …) or the
 layout of the project's offline weights folder (brisque_libsvm_live/, niqe_live/, face_yunet/ …).
 Paths follow the same settings as the service (MODEL_DIR, BRISQUE_PATH, …, from the environment or .env).
+`tags` downloads the files of the model TAGS_MODEL names (the MobileNetV2 TFLite and its labels, or
+torchvision's EfficientNet-B3 state_dict); `--from` copies whichever of them the folder holds.
+`person` likewise downloads the file PERSON_MODEL names (the DeepLabV3 TFLite, or torchvision's SSDlite
+state_dict).
+`clip` and `dinov2` snapshot the hub id CLIP_MODEL_NAME / DINOV2_MODEL_NAME names (config.json,
+model.safetensors, preprocessor_config.json …) into their folder.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "laion_aesthetic": ("aesthetic_laion_v1_linear",),
     "emotion_mini_xception": ("emotion_fer_mini_xception",),
     "mobilenet": ("imagenet_mobilenet_tflite",),
+    "tags": ("imagenet_mobilenet_tflite",),
+    "person": ("person_deeplabv3_tflite",),
 }
 
 
@@ -101,6 +109,15 @@ def main() -> int:
                     print(f"{name:16s} CLIP_MODEL_NAME is a local path ({settings.clip_model_name}); nothing to download")
                     continue
                 cls.download(path, settings.clip_model_name)
+                continue
+            if name == "dinov2":  # the hub id is a setting (DINOV2_MODEL_NAME), as for CLIP
+                cls.download(path, settings.dinov2_model_name)
+                continue
+            if name == "tags":  # the files of the model TAGS_MODEL picks
+                cls.download(path if path.suffix == "" else path.parent, settings.tags_model)
+                continue
+            if name == "person":  # the file of the model PERSON_MODEL picks
+                cls.download(path if path.suffix == "" else path.parent, settings.person_model)
                 continue
             cls.download(path if path.suffix == "" else path.parent)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others

@@ -40,6 +40,7 @@ from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
     configure_torch_threads,
+    l2_normalize,
     resolve_device,
     source_rgb,
     uint8_chw_tensor,
@@ -74,12 +75,6 @@ def is_hub_id(name: str) -> bool:
     if Path(name).expanduser().exists():
         return False
     return bool(_HUB_ID.match(name))
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 
 def _size_value(size: Any, *keys: str) -> int | None:

@@ -147,3 +147,10 @@ def source_rgb(image: DecodedImage, short_target: int, max_dim: int) -> np.ndarr
     if long > max_dim and short * max_dim / long >= short_target:
         return image.rgb_max(max_dim)
     return image.rgb
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Each vector divided by its L2 norm (zero vectors stay zero), float32: the embeddings' unit form."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
