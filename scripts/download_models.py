@@ -113,6 +113,9 @@ def main() -> int:
             if name == "dinov2":  # the hub id is a setting (DINOV2_MODEL_NAME), as for CLIP
                 cls.download(path, settings.dinov2_model_name)
                 continue
+            if name == "caption":  # likewise CAPTION_MODEL_NAME
+                cls.download(path, settings.caption_model_name)
+                continue
             if name == "tags":  # the files of the model TAGS_MODEL picks
                 cls.download(path if path.suffix == "" else path.parent, settings.tags_model)
                 continue

@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "train":  # runs in-process only: no server, no API key
+        from app.collections.train import run as run_train
+
+        return run_train(args)
     args.server = args.server or os.environ.get("LOUPE_SERVER") or None
     args.api_key = args.api_key or os.environ.get("LOUPE_API_KEY") or None
     if args.command == "score":
@@ -335,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster" and not 32 <= args.thumb_size <= 1024:
         print("loupe cluster: error: --thumb-size must be between 32 and 1024", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "caption":  # app/cli/caption.py: its own checks and exit codes (as score's)
+        from app.cli.caption import execute as run_caption_command
+
+        return run_caption_command(args)
     runner = run_score if args.command == "score" else run_cluster
     try:
         return asyncio.run(runner(args))

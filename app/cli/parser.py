@@ -17,6 +17,7 @@ from app.cli.errors import EXIT_CODES_HELP
 from app.cli.manifest import IMAGE_EXTENSIONS
 from app.cli.tasks import TASKS_CSV_HELP
 from app.cli.writer import CSV_FIELDS
+from app.collections.train import add_arguments as add_train_arguments
 
 ANALYSES = (  # flag name in the API, CLI option, default, help
     ("run_blur", "blur", True, "sharpness: variance of the Laplacian, is_blurry against BLUR_THRESHOLD"),
@@ -157,4 +158,20 @@ examples:
     p.add_argument("--fast", dest="quality_models", action="store_false", help="Same as --no-quality-models.")
     p.add_argument("--thumb-size", type=int, default=256, metavar="PX", help="Longest side of the embedded thumbnails (default: %(default)s).")
     add_connection_args(cl)
+
+    tr = sub.add_parser(
+        "train", formatter_class=Formatter, help="train per-collection classifiers on embeddings → CLASSIFIER_DIR",
+        description=wrap("Train a logistic-regression classifier per collection from labelled embeddings (a file) or from "
+                    "folders ROOT/<collection_id>/{positive,negative}/ of images embedded in this process, save it as a new "
+                    "version, compare every stored version on the held-out split (by macro precision), keep the best "
+                    "ten and write best_models.json. The same code as scripts/train_classifiers.py."),
+        epilog="""examples:
+  loupe train --embeddings labelled.jsonl --embedding-model clip
+  loupe train --images collections/ --embedding-model mobilenet
+""")
+    add_train_arguments(tr)
+
+    from app.cli.caption import add_caption_parser  # `loupe caption`: its options live with the command
+
+    add_caption_parser(sub)
     return ap

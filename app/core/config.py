@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     person_min_area: float = Field(default=0.005, ge=0, lt=1)  # smallest person blob, as a share of the image
     dinov2_model_name: str = "facebook/dinov2-small"
     dinov2_path: str = ""
+    classifier_dir: str = ""  # trained per-collection classifiers; empty = MODEL_DIR/classifiers
+    caption_model_name: str = "Salesforce/blip-image-captioning-base"
+    caption_path: str = ""
 
     # --- tasks ----------------------------------------------------------------
     max_tasks: int = Field(default=16, ge=1, le=256)

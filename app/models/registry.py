@@ -55,6 +55,7 @@ CATALOG: dict[str, str] = {
     "tags": "app.models.tags:TagsAdapter",
     "person": "app.models.person:PersonAdapter",
     "dinov2": "app.models.dinov2:Dinov2Adapter",
+    "caption": "app.models.caption:CaptionAdapter",
 }
 
 FAILED_RETRY_S = 30.0

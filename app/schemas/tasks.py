@@ -44,6 +44,15 @@ class TagParams(RegionParams):
                                                                "`minconf`); combined with `top`.")
 
 
+class ClassifyParams(RegionParams):
+    collection_id: int | Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = Field(
+        description="The collection whose best classifier (CLASSIFIER_DIR/best_models.json) answers.")
+
+
+class DescribeParams(RegionParams):
+    max_length: int = Field(default=50, ge=5, le=200, description="Most tokens of the caption.")
+
+
 class WholeImageParams(_Params):
     target: Literal["whole_image"] = Field(default="whole_image", description="These analyses run on the whole image.")
 
@@ -88,6 +97,20 @@ class TagTask(_Task):
     params: TagParams = Field(default_factory=TagParams)
 
 
+class ClassifyTask(_Task):
+    """Is the target region in a collection? Its classifier's embedding model embeds the region."""
+
+    type: Literal["classify"]
+    params: ClassifyParams
+
+
+class DescribeTask(_Task):
+    """A caption of the target region."""
+
+    type: Literal["describe"]
+    params: DescribeParams = Field(default_factory=DescribeParams)
+
+
 class AnalysisTask(_Task):
     """One of Loupe's whole-image analyses, with the same result as /v1/analyze gives."""
 
@@ -95,8 +118,8 @@ class AnalysisTask(_Task):
     params: WholeImageParams = Field(default_factory=WholeImageParams)
 
 
-Task = Annotated[DetectBoxTask | EmbedClipTask | EmbedDinov2Task | EmbedMobilenetTask | TagTask | AnalysisTask,
-                 Field(discriminator="type")]
+Task = Annotated[DetectBoxTask | EmbedClipTask | EmbedDinov2Task | EmbedMobilenetTask | TagTask | ClassifyTask
+                 | DescribeTask | AnalysisTask, Field(discriminator="type")]
 
 
 class TaskOptions(BaseModel):

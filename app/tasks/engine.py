@@ -6,7 +6,8 @@
    crops (a person's crop, or the whole image), mapping faces back to original pixels.
 3. Resolve every task's region (or skip it: a face target without a face), cut each crop once.
 4. Run every region model (CLIP, DINOv2, MobileNet, the tagger) once over all the crops that
-   need it, across images; run the whole-image analyses through the orchestrator's own pipeline.
+   need it, across images; give the types with their own runner (classify, describe) all their
+   tasks at once; run the whole-image analyses through the orchestrator's own pipeline.
 5. Build the image_embed-shaped results, one per operation_id.
 
 Failures are isolated the orchestrator's way (`Orchestrator.run_model`: a batch that fails is
@@ -22,8 +23,9 @@ from typing import Any
 from app.core.config import API_VERSION
 from app.schemas import tasks as T
 from app.services.orchestrator import Ingested, Orchestrator, Plan
-from app.services.results import assemble, failure
+from app.services.results import assemble
 from app.tasks.regions import ImageRegions, Region, png_base64, shift_faces
+from app.tasks.stages import message, run_stage
 from app.tasks.types import TASK_TYPES
 
 
@@ -43,20 +45,6 @@ def target_of(task: Any) -> T.Target:
 
 def face_context_of(task: Any) -> str:
     return str(getattr(task.params, "face_context", "prominent_person"))
-
-
-def message(value: Any) -> str:
-    """The words of a stored model failure."""
-    return failure(value)[1].message if isinstance(value, BaseException) else "the model returned nothing"
-
-
-async def run_stage(orch: Orchestrator, model: str, images: list[Any]) -> list[Any]:
-    """`model` over `images` (DecodedImages) in one batch, isolated per image: result or exception each."""
-    if not images:
-        return []
-    tmp = [Ingested(index=k, image_id=str(k), image=img) for k, img in enumerate(images)]
-    await orch.run_model(model, tmp)
-    return [it.models.get(model) for it in tmp]
 
 
 async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptions) -> list[T.TasksResponse]:
@@ -129,7 +117,31 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
             results[p.item.index][p.task.operation_id] = success(p, data, regions, opts, settings.crop_max_dim)
         timings["crops_ms"] = timings.get("crops_ms", 0.0) + (time.perf_counter() - t1) * 1000
 
-    # -- 4b. boxes and whole-image analyses ----------------------------------------------------------
+    # -- 4b. types with their own runner (classify, describe): every task of the type in one call -------
+    by_runner: dict[str, list[Pending]] = {}
+    for p in pending:
+        if TASK_TYPES[p.task.type].runner is not None:
+            by_runner.setdefault(p.task.type, []).append(p)
+    for name, group in by_runner.items():
+        t1 = time.perf_counter()
+        runner = TASK_TYPES[name].runner
+        assert runner is not None
+        crops = [regions[p.item.index].crop(p.region.box) for p in group]
+        try:
+            outcomes = await runner(orch, [p.task.params for p in group], crops)
+        except Exception as exc:  # noqa: BLE001 - the type's failure stays its tasks'
+            outcomes = [("error", f"{type(exc).__name__}: {exc}")] * len(group)
+        timings[f"{name}_ms"] = (time.perf_counter() - t1) * 1000
+        for p, (status, value) in zip(group, outcomes):
+            if status == "success":
+                results[p.item.index][p.task.operation_id] = success(p, value, regions, opts, settings.crop_max_dim)
+            elif status == "skipped":
+                results[p.item.index][p.task.operation_id] = T.TaskResult(
+                    status="skipped", target=target_of(p.task), cropped_image_bbox=list(p.region.box), error_message=value)
+            else:
+                results[p.item.index][p.task.operation_id] = error_result(p, str(value))
+
+    # -- 4c. boxes and whole-image analyses ----------------------------------------------------------
     analyses = {TASK_TYPES[p.task.type].analysis for p in pending if TASK_TYPES[p.task.type].analysis}
     assembled: dict[int, Any] = {}
     if analyses:
@@ -146,7 +158,7 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
             field = getattr(assembled[p.item.index], kind.analysis)
             results[p.item.index][p.task.operation_id] = success(p, field.model_dump(mode="json"), regions, opts,
                                                                  settings.crop_max_dim)
-        elif kind.model is None:  # detect_bounding_box
+        elif kind.model is None and kind.runner is None:  # detect_bounding_box: the region itself is the answer
             r = p.region
             data = {"box": list(r.box), "kind": r.kind, "score": r.score, "area_share": r.area_share}
             results[p.item.index][p.task.operation_id] = success(p, data, regions, opts, settings.crop_max_dim)

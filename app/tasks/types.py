@@ -8,7 +8,7 @@ crops across the images of a request, and isolates failures per task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from app.schemas import tasks as T
+from app.tasks.classify import run_classify
+from app.tasks.describe import run_describe
 
 REGION_TARGETS = ("whole_image", "prominent_person", "prominent_face")
 
@@ -50,6 +52,9 @@ class TaskType:
     data: Callable[[Any, BaseModel, Any], Any] | None = None
     #: a whole-image analysis: the /v1/analyze result field it returns
     analysis: str | None = None
+    #: its own runner, for types that are more than "a model over the crop": (orchestrator, each task's
+    #: params, each task's crop) → per task ("success", data) | ("skipped", why) | ("error", why)
+    runner: Callable[[Any, list[Any], list[Any]], Awaitable[list[tuple[str, Any]]]] | None = None
 
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
@@ -63,6 +68,11 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
              REGION_TARGETS, "whole_image", T.RegionParams, model="mobilenet", data=vector_data("mobilenet_v1")),
     TaskType("tag_imagenet", "ImageNet-1K labels of the target region: at most `top`, each at least `minconf`.",
              REGION_TARGETS, "whole_image", T.TagParams, model="tags", data=tag_data),
+    TaskType("classify", "Is the target region in a collection? The collection's best classifier (CLASSIFIER_DIR) "
+             "embeds it with its own embedding model and answers with a probability and its threshold.",
+             REGION_TARGETS, "whole_image", T.ClassifyParams, runner=run_classify),
+    TaskType("describe", "A caption of the target region (the caption model; at most `max_length` tokens).",
+             REGION_TARGETS, "whole_image", T.DescribeParams, runner=run_describe),
     *(TaskType(name, f"The whole-image `{name}` analysis, as /v1/analyze returns it.", ("whole_image",),
                "whole_image", T.WholeImageParams, analysis=name)
       for name in ("blur", "exposure", "quality", "aesthetic", "faces", "emotion")),
