@@ -32,14 +32,11 @@ from typing import Any
 
 from app.cli.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_SERVER,
     EXIT_USAGE,
     RefusedError,
-    ServerError,
     UsageError,
+    run_to_exit_code,
 )
 from app.cli.manifest import IMAGE_EXTENSIONS, b64_of, iter_images
 
@@ -349,20 +346,8 @@ def execute(args: argparse.Namespace, name: str = "loupe caption") -> int:
     if args.batch_size < 1 or args.concurrency < 1:
         print(f"{name}: error: --batch-size and --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        return asyncio.run(run_caption(args))
-    except UsageError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServerError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return EXIT_SERVER
-    except RefusedError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; the captions written so far are kept (run again to go on)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_to_exit_code(name, lambda: asyncio.run(run_caption(args)),
+                            "; the captions written so far are kept (run again to go on)")
 
 
 def main(argv: list[str] | None = None, prog: str = "caption_folder.py") -> int:

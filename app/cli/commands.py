@@ -23,14 +23,12 @@ import httpx
 from app.cli.client import Api, describe_error, warn_unavailable, warn_unavailable_tasks
 from app.cli.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_SERVER,
     EXIT_USAGE,
     RefusedError,
     ServerError,
     UsageError,
+    run_to_exit_code,
 )
 from app.cli.manifest import IMAGE_EXTENSIONS, Item, b64_of, collect
 from app.cli.parser import ANALYSES, build_parser
@@ -344,18 +342,5 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_caption_command(args)
     runner = run_score if args.command == "score" else run_cluster
-    try:
-        return asyncio.run(runner(args))
-    except UsageError as exc:
-        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServerError as exc:
-        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_SERVER
-    except RefusedError as exc:
-        print(f"loupe {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except KeyboardInterrupt:
-        print(f"\nloupe {args.command}: interrupted" + ("; run the same command again to resume" if args.command == "score" else ""),
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_to_exit_code(f"loupe {args.command}", lambda: asyncio.run(runner(args)),
+                            "; run the same command again to resume" if args.command == "score" else "")

@@ -7,6 +7,9 @@ the exit-code table of `--help` sits next to the codes so the two change togethe
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # some images failed (error rows / failed list)
 EXIT_USAGE = 2  # bad arguments, no such folder or manifest, no images found, a bad --tasks file
@@ -36,3 +39,22 @@ class ServerError(Exception):
 
 class RefusedError(Exception):
     """The API refused the whole request: exit code 4."""
+
+
+def run_to_exit_code(name: str, run: Callable[[], int], interrupted: str = "") -> int:
+    """`run()`'s exit code, or the code of the failure it raised, with the reason on stderr as `NAME: error: …`
+    (one mapping for every command)."""
+    try:
+        return run()
+    except UsageError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except RefusedError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted{interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -38,6 +38,7 @@ from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.dinov2 import Dinov2Preprocessing, dinov2_pixel_values
+from app.models.download import hub_snapshot
 from app.models.torch_runtime import autocast, bf16_wanted, configure_torch_threads, resolve_device, source_rgb
 
 if TYPE_CHECKING:
@@ -149,13 +150,8 @@ class CaptionAdapter(ModelAdapter):
 
     @classmethod
     def download(cls, dest: Path, repo_id: str = CAPTION_HUB_ID) -> Path:
-        """snapshot_download of the files BLIP, its processor and tokenizer need into `dest`."""
-        from huggingface_hub import snapshot_download
-
-        dest = Path(dest).expanduser()
-        dest.mkdir(parents=True, exist_ok=True)
-        snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=CAPTION_ALLOW_PATTERNS)
-        return dest
+        """The files BLIP, its processor and tokenizer need, into `dest`."""
+        return hub_snapshot(dest, repo_id, CAPTION_ALLOW_PATTERNS)
 
     def _ensure_files(self, path: Path) -> None:
         if self.has_files(path):

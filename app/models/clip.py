@@ -34,7 +34,7 @@ from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
-from app.models.download import fetch
+from app.models.download import fetch, hub_snapshot
 from app.models.outputs import Output
 from app.models.torch_runtime import (
     autocast,
@@ -164,15 +164,11 @@ class ClipAdapter(ModelAdapter):
 
     @classmethod
     def download(cls, dest: Path, repo_id: str = "openai/clip-vit-base-patch32") -> Path:
-        """snapshot_download of the files CLIPModel + tokenizer + processor need into `dest`."""
-        from huggingface_hub import snapshot_download
-
-        dest = Path(dest).expanduser()
-        dest.mkdir(parents=True, exist_ok=True)
-        snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=CLIP_ALLOW_PATTERNS)
-        if not (dest / "model.safetensors").is_file():  # older repos only have the .bin
-            snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=["pytorch_model.bin"])
-        return dest
+        """The files CLIPModel + tokenizer + processor need, into `dest`."""
+        hub_snapshot(dest, repo_id, CLIP_ALLOW_PATTERNS)
+        if not (Path(dest).expanduser() / "model.safetensors").is_file():  # older repos only have the .bin
+            hub_snapshot(dest, repo_id, ["pytorch_model.bin"])
+        return Path(dest).expanduser()
 
     # -- lifecycle -----------------------------------------------------------------
     def load(self, path: Path, device: str) -> None:

@@ -48,6 +48,7 @@ import numpy as np
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
+from app.models.download import hub_snapshot
 from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
@@ -238,13 +239,8 @@ class Dinov2Adapter(ModelAdapter):
 
     @classmethod
     def download(cls, dest: Path, repo_id: str = DINOV2_HUB_ID) -> Path:
-        """snapshot_download of the files Dinov2Model and its processor need into `dest`."""
-        from huggingface_hub import snapshot_download
-
-        dest = Path(dest).expanduser()
-        dest.mkdir(parents=True, exist_ok=True)
-        snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=DINOV2_ALLOW_PATTERNS)
-        return dest
+        """The files Dinov2Model and its processor need, into `dest`."""
+        return hub_snapshot(dest, repo_id, DINOV2_ALLOW_PATTERNS)
 
     def _missing(self, path: Path) -> ModelNotFound:
         return ModelNotFound(

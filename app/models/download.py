@@ -93,3 +93,15 @@ def fetch(urls: str | Sequence[str], dest: Path, sha256: str | None = None, *, c
         if own:
             client.close()
     raise RuntimeError(f"could not download {dest.name}: " + "; ".join(errors))
+
+
+def hub_snapshot(dest: Path, repo_id: str, patterns: Sequence[str]) -> Path:
+    """The files of a Hugging Face repo that match `patterns`, into `dest` (the `save_pretrained` layout the
+    transformers adapters read). Only where there is internet; nothing calls it at run time unless
+    ALLOW_MODEL_DOWNLOADS is set."""
+    from huggingface_hub import snapshot_download
+
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=list(patterns))
+    return dest

@@ -24,6 +24,7 @@ import numpy as np
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, weights_file
+from app.models.litert import open_uint8_image_model
 
 MOBILENET_FILE = "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 MOBILENET_URLS = (
@@ -50,15 +51,7 @@ class MobileNetEmbedAdapter(ModelAdapter):
             raise ModelNotFound(
                 f"MobileNet embedding model not found: {f} does not exist. Put {MOBILENET_FILE} there "
                 f"(scripts/download_models.py fetches it from {MOBILENET_URLS[0]}) or set MOBILENET_PATH.")
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_path=str(f), num_threads=max(1, self.settings.threads))
-        self._interpreter.allocate_tensors()
-        inp = self._interpreter.get_input_details()[0]
-        out = self._interpreter.get_output_details()[0]
-        if list(inp["shape"][1:]) != [INPUT_SIZE, INPUT_SIZE, 3] or inp["dtype"] != np.uint8:
-            raise ValueError(f"{f.name}: expected a uint8 1x{INPUT_SIZE}x{INPUT_SIZE}x3 input, got "
-                             f"{inp['dtype'].__name__} {list(inp['shape'])}")
+        self._interpreter, inp, out = open_uint8_image_model(f, self.settings.threads, INPUT_SIZE)
         self._in, self._out = inp["index"], out["index"]
         self._scale, self._zero = out["quantization"]
         self.dim = int(np.prod(out["shape"][1:]))

@@ -63,6 +63,7 @@ import numpy as np
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, weights_file
+from app.models.litert import open_uint8_image_model
 
 DEEPLAB_FILE = "deeplabv3_mnv2_pascal_quant.tflite"
 DEEPLAB_URLS = ("https://github.com/google-coral/test_data/raw/master/deeplabv3_mnv2_pascal_quant.tflite",)
@@ -263,16 +264,8 @@ class DeepLabPeople:
     """DeepLabV3 on LiteRT: one 513x513 image per invoke."""
 
     def __init__(self, file: Path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(file), num_threads=max(1, threads))
-        self.interpreter.allocate_tensors()
-        inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
         size = DEEPLAB_INPUT_SIZE
-        if list(inp["shape"][1:]) != [size, size, 3] or inp["dtype"] != np.uint8:
-            raise ValueError(f"{file.name}: expected a uint8 1x{size}x{size}x3 input, got "
-                             f"{inp['dtype'].__name__} {list(inp['shape'])}")
+        self.interpreter, inp, out = open_uint8_image_model(file, threads, size)
         if list(out["shape"][1:]) != [size, size]:
             raise ValueError(f"{file.name}: expected a {size}x{size} class map, got {list(out['shape'])}")
         self._in, self._out = inp["index"], out["index"]

@@ -54,6 +54,7 @@ from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, weights_file
+from app.models.litert import open_uint8_image_model
 from app.models.torch_runtime import configure_torch_threads, resolve_device, source_rgb, uint8_chw_tensor
 
 # --------------------------------------------------------------------------------------
@@ -221,16 +222,8 @@ class _MobileNetV2:
     """The TFLite classifier on one LiteRT Interpreter (not thread safe)."""
 
     def __init__(self, file: Path, labels_file: Path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(file), num_threads=max(1, threads))
-        self.interpreter.allocate_tensors()
-        inp = self.interpreter.get_input_details()[0]
-        out = self.interpreter.get_output_details()[0]
         size = MOBILENET_V2_INPUT
-        if list(inp["shape"][1:]) != [size, size, 3] or inp["dtype"] != np.uint8:
-            raise ValueError(f"{file.name}: expected a uint8 1x{size}x{size}x3 input, got "
-                             f"{inp['dtype'].__name__} {list(inp['shape'])}")
+        self.interpreter, inp, out = open_uint8_image_model(file, threads, size)
         classes = int(np.prod(out["shape"][1:]))
         if classes not in (NUM_CLASSES, NUM_CLASSES + 1):
             raise ValueError(f"{file.name}: expected {NUM_CLASSES + 1} outputs (background + ImageNet), got {classes}")
