@@ -6,6 +6,7 @@
     python scripts/bench.py tasks     # /v1/tasks (person + face box, face CLIP, tags): batch 1 and 16 vs 1 task/request
     python scripts/bench.py cluster   # DBSCAN on 10k and 100k x 512 vectors vs scikit-learn's brute DBSCAN
     python scripts/bench.py features  # noise measures and the MobileNet embedding, ms per image
+    python scripts/bench.py collections  # classify (vs embed_mobilenet alone) and describe (full-size BLIP), batch 1/16
     python scripts/bench.py all
 
 Each section prints a table; `--json FILE` also writes the figures.
@@ -268,7 +269,7 @@ def bench_features(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["gate", "models", "tasks", "cluster", "features", "all"], nargs="?", default="gate")
+    parser.add_argument("section", choices=["gate", "models", "tasks", "collections", "cluster", "features", "all"], nargs="?", default="gate")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to try")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
@@ -290,6 +291,10 @@ def main() -> int:
         from scripts.bench_tasks import bench_tasks
 
         results["tasks"] = bench_tasks(args)
+    if args.section in ("collections", "all"):
+        from scripts.bench_collections import bench_collections
+
+        results["collections"] = bench_collections(args)
     if args.section in ("cluster", "all"):
         from scripts.bench_cluster import _table
         from scripts.bench_cluster import run as bench_cluster
