@@ -215,7 +215,9 @@ async def read_image_request(request: Request, spec: ImageRequestSpec[Opts]) -> 
         check_count(len(inputs), limit, spec.limit_setting)
         sources = [source_of(i) for i in inputs]
         options = None
-        if spec.options is not None:
+        if spec.options is not None and isinstance(body, spec.options):
+            options = body  # the body model extends the options: already validated, strictly, in the pool
+        elif spec.options is not None:
             names = set(spec.form_fields or spec.options.model_fields)
             options = spec.options.model_validate(body.model_dump(include=names))
     else:

@@ -236,9 +236,15 @@ def read_best(root: Path) -> dict[str, dict[str, Any]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ClassifierError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("version"), str)
-                                             for k, v in data.items()):
-        raise ClassifierError(f"{path}: expected {{collection_id: {{version, embedding_model, dim, threshold, metrics}}}}")
+    def entry_ok(k: Any, v: Any) -> bool:
+        return (isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("version"), str)
+                and bool(VERSION.match(v["version"])) and isinstance(v.get("embedding_model"), str)
+                and isinstance(v.get("dim"), int) and isinstance(v.get("threshold"), int | float)
+                and isinstance(v.get("metrics"), dict))
+
+    if not isinstance(data, dict) or not all(entry_ok(k, v) for k, v in data.items()):
+        raise ClassifierError(f"{path}: expected {{collection_id: {{version (a timestamp), embedding_model, dim, threshold, "
+                              f"metrics}}}}")
     return data
 
 

@@ -126,7 +126,9 @@ class TaskOptions(BaseModel):
     """The task list and its options (the JSON fields besides the image, or the multipart fields)."""
 
     model_config = ConfigDict(extra="forbid")
-    tasks: list[Task] = Field(min_length=1, description="Up to MAX_TASKS tasks; operation ids must be unique.")
+    tasks: list[Task] = Field(min_length=1, max_length=256,
+                              description="Up to MAX_TASKS tasks (256 at most, whatever MAX_TASKS says); operation ids "
+                                          "must be unique.")
     return_crops: bool = Field(default=True, description="Include a PNG of each region task's crop (longest side at most "
                                                  "CROP_MAX_DIM) as `cropped_image_base64`.")
 

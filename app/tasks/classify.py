@@ -30,17 +30,26 @@ def store_for(settings: Settings) -> CollectionStore:
         return _stores[key]
 
 
+def lookup(store: CollectionStore, collection_id: str) -> Any:
+    """The collection's classifier, None when unknown, or the ClassifierError that refused it."""
+    try:
+        return store.get(collection_id)
+    except ClassifierError as exc:
+        return exc
+
+
 async def run_classify(orch: Any, params: list[Any], crops: list[Any]) -> list[tuple[str, Any]]:
     store = store_for(orch.settings)
     out: list[tuple[str, Any]] = [("error", "not run")] * len(params)
     by_model: dict[str, list[int]] = {}
     classifiers = {}
+    ids = sorted({str(p.collection_id) for p in params})
+    found = await orch.in_pool(lambda: {cid: lookup(store, cid) for cid in ids})  # file reads and sha256: off the loop
     for k, p in enumerate(params):
         cid = str(p.collection_id)
-        try:
-            clf = store.get(cid)
-        except ClassifierError as exc:
-            out[k] = ("error", f"The classifier of collection {cid!r} cannot be used: {exc}")
+        clf = found[cid]
+        if isinstance(clf, ClassifierError):
+            out[k] = ("error", f"The classifier of collection {cid!r} cannot be used: {clf}")
             continue
         if clf is None:
             out[k] = ("skipped", f"Unknown collection {cid!r}: best_models.json names no classifier for it.")

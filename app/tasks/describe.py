@@ -23,12 +23,17 @@ async def run_describe(orch: Any, params: list[Any], crops: list[Any]) -> list[t
             prepared = [img.cached(("prepare", "caption"), lambda img=img: adapter.prepare(img)) for img in imgs]
             return adapter.caption(prepared, n)
 
-        try:
-            texts = await orch.registry.call("caption", caption, images)
-        except Exception as exc:  # noqa: BLE001 - the model's failure is these tasks' error
-            for k in ks:
-                out[k] = ("error", f"The caption model failed: {message(exc)}")
-            continue
-        for k, text in zip(ks, texts):
-            out[k] = ("success", text)
+        for k, outcome in zip(ks, await captions(orch, caption, images)):
+            out[k] = outcome
     return out
+
+
+async def captions(orch: Any, caption: Any, images: list[Any]) -> list[tuple[str, Any]]:
+    """One batched call; when it fails, each image on its own, so one bad crop fails only its tasks (as
+    `Orchestrator.run_model` isolates the other models)."""
+    try:
+        return [("success", text) for text in await orch.registry.call("caption", caption, images)]
+    except Exception as exc:  # noqa: BLE001 - the model's failure is these tasks' error
+        if len(images) == 1:
+            return [("error", f"The caption model failed: {message(exc)}")]
+    return [outcome for image in images for outcome in await captions(orch, caption, [image])]

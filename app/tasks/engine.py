@@ -100,8 +100,7 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
     for model, group in by_model.items():
         t1 = time.perf_counter()
         outs = await run_stage(orch, model, [regions[p.item.index].crop(p.region.box) for p in group])
-        timings[f"{model}_ms"] = (time.perf_counter() - t1) * 1000  # crops' PNGs are timed apart (crops_ms)
-        t1 = time.perf_counter()
+        timings[f"{model}_ms"] = (time.perf_counter() - t1) * 1000
         adapter = orch.registry.loaded(model)
         for p, out in zip(group, outs):
             kind = TASK_TYPES[p.task.type]
@@ -114,8 +113,7 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
             except Exception as exc:  # noqa: BLE001 - one task's failure stays its own
                 results[p.item.index][p.task.operation_id] = error_result(p, f"{type(exc).__name__}: {exc}")
                 continue
-            results[p.item.index][p.task.operation_id] = success(p, data, regions, opts, settings.crop_max_dim)
-        timings["crops_ms"] = timings.get("crops_ms", 0.0) + (time.perf_counter() - t1) * 1000
+            results[p.item.index][p.task.operation_id] = success(p, data)
 
     # -- 4b. types with their own runner (classify, describe): every task of the type in one call -------
     by_runner: dict[str, list[Pending]] = {}
@@ -134,7 +132,7 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
         timings[f"{name}_ms"] = (time.perf_counter() - t1) * 1000
         for p, (status, value) in zip(group, outcomes):
             if status == "success":
-                results[p.item.index][p.task.operation_id] = success(p, value, regions, opts, settings.crop_max_dim)
+                results[p.item.index][p.task.operation_id] = success(p, value)
             elif status == "skipped":
                 results[p.item.index][p.task.operation_id] = T.TaskResult(
                     status="skipped", target=target_of(p.task), cropped_image_bbox=list(p.region.box), error_message=value)
@@ -156,13 +154,16 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
         kind = TASK_TYPES[p.task.type]
         if kind.analysis is not None:
             field = getattr(assembled[p.item.index], kind.analysis)
-            results[p.item.index][p.task.operation_id] = success(p, field.model_dump(mode="json"), regions, opts,
-                                                                 settings.crop_max_dim)
+            results[p.item.index][p.task.operation_id] = success(p, field.model_dump(mode="json"))
         elif kind.model is None and kind.runner is None:  # detect_bounding_box: the region itself is the answer
             r = p.region
             data = {"box": list(r.box), "kind": r.kind, "score": r.score, "area_share": r.area_share}
-            results[p.item.index][p.task.operation_id] = success(p, data, regions, opts, settings.crop_max_dim)
+            results[p.item.index][p.task.operation_id] = success(p, data)
 
+    if opts.return_crops:
+        t1 = time.perf_counter()
+        await add_crops(orch, pending, results, regions, settings.crop_max_dim)
+        timings["crops_ms"] = (time.perf_counter() - t1) * 1000
     return [response(it, results[it.index], timings) for it in items]
 
 
@@ -194,14 +195,29 @@ def resolve(reg: ImageRegions, task: Any) -> tuple[T.TaskResult | None, Region |
     return None, face
 
 
-def success(p: Pending, data: Any, regions: dict[int, ImageRegions], opts: T.TaskOptions,
-            crop_max_dim: int) -> T.TaskResult:
-    target = target_of(p.task)
-    crop = None
-    if opts.return_crops and target != "whole_image":
-        crop = png_base64(regions[p.item.index].crop(p.region.box), crop_max_dim)
-    return T.TaskResult(status="success", data=data, target=target,
-                        fallback=p.region.fallback, cropped_image_bbox=list(p.region.box), cropped_image_base64=crop)
+def success(p: Pending, data: Any) -> T.TaskResult:
+    """A successful result; its crop's PNG is added at the end (`add_crops`), once per region."""
+    return T.TaskResult(status="success", data=data, target=target_of(p.task), fallback=p.region.fallback,
+                        cropped_image_bbox=list(p.region.box))
+
+
+async def add_crops(orch: Orchestrator, pending: list[Pending], results: dict[int, dict[str, T.TaskResult]],
+                    regions: dict[int, ImageRegions], max_dim: int) -> None:
+    """The PNG of every region a successful region task ran on: each encoded once, however many tasks share it,
+    in the worker pool (a PNG of a 512-px crop takes ~10 ms: not on the event loop)."""
+    wanted: dict[tuple[int, tuple[int, ...]], Any] = {}
+    owners: list[tuple[T.TaskResult, tuple[int, tuple[int, ...]]]] = []
+    for p in pending:
+        res = results[p.item.index].get(p.task.operation_id)
+        if res is not None and res.status == "success" and target_of(p.task) != "whole_image":
+            key = (p.item.index, tuple(p.region.box))
+            wanted.setdefault(key, regions[p.item.index].crop(p.region.box))
+            owners.append((res, key))
+    if not wanted:
+        return
+    pngs = await orch.in_pool(lambda: {key: png_base64(crop, max_dim) for key, crop in wanted.items()})
+    for res, key in owners:
+        res.cropped_image_base64 = pngs[key]
 
 
 def error_result(p: Pending, text: str) -> T.TaskResult:

@@ -82,3 +82,21 @@ def test_a_tampered_classifier_fails_only_its_task(server, model_dir):
     finally:
         path.write_text(original)
         (root / "best_models.json").write_text(json.dumps(best))
+
+
+def test_a_malformed_best_models_file_is_a_503_in_words(client_factory, tmp_path):
+    """An entry without its dimension, or a version that is not a timestamp (a path), is refused: 503 with the
+    reason for the listing, and the classify task is an error of its own."""
+    root = tmp_path / "models" / "classifiers"
+    root.mkdir(parents=True)
+    c = client_factory(model_dir=tmp_path / "models")
+    for entry in ({"version": "20261129T100000000000Z", "embedding_model": "mobilenet", "threshold": 0.5, "metrics": {}},
+                  {"version": "../../etc/passwd", "embedding_model": "mobilenet", "dim": 1024, "threshold": 0.5,
+                   "metrics": {}}):
+        (root / "best_models.json").write_text(json.dumps({"x": entry}))
+        r = c.get("/v1/collections")
+        assert r.status_code == 503 and "best_models.json" in r.json()["error"]["message"], r.text
+        res = c.post("/v1/tasks", json={"image": {"base64": b64(encode(photo("coffee")))},
+                                        "tasks": [{"operation_id": "c", "type": "classify",
+                                                   "params": {"collection_id": "x"}}]}).json()["results"]["c"]
+        assert res["status"] == "error" and "cannot be used" in res["error_message"]

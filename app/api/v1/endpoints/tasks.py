@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import TypeAdapter, ValidationError
 
-from app.api.deps import ImageRequestSpec, read_image_request, settings_of, validation_failed
+from app.api.deps import ImageRequestSpec, read_image_request, repeated, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
+from app.core import errors
 from app.core.errors import ValidationFailed
 from app.schemas import tasks as T
 from app.schemas.common import ErrorEnvelope
@@ -26,9 +27,7 @@ def from_form(form: T.TasksForm) -> T.TaskOptions:
     try:
         tasks = _TASK_LIST.validate_json(form.tasks_json, strict=True)
     except ValidationError as exc:
-        err = validation_failed(exc)
-        err.message = err.message.replace("Invalid request: ", "Invalid request: tasks_json.", 1)
-        raise err from exc
+        raise errors.validation_failed([{**e, "loc": ("tasks_json", *e.get("loc", ()))} for e in exc.errors()]) from exc
     return T.TaskOptions(tasks=tasks, return_crops=form.return_crops)
 
 
@@ -37,8 +36,7 @@ def check_tasks(opts: T.TaskOptions, max_tasks: int) -> None:
     if len(opts.tasks) > max_tasks:
         raise ValidationFailed(f"{len(opts.tasks)} tasks sent; the limit is {max_tasks} (MAX_TASKS).",
                                detail={"max_tasks": max_tasks, "received": len(opts.tasks)})
-    ids = [t.operation_id for t in opts.tasks]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    dupes = repeated([t.operation_id for t in opts.tasks])
     if dupes:
         raise ValidationFailed(f"operation_id must be unique; sent more than once: {dupes}.",
                                detail={"duplicate_operation_ids": dupes, "allowed_types": sorted(TASK_TYPES)})
