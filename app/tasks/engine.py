@@ -16,6 +16,7 @@ retried image by image), so one bad image or one failing model fails only its ow
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -91,19 +92,26 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
             elif region is not None:
                 pending.append(Pending(it, task, region))
 
-    # -- 4a. region models, each once over every crop that needs it -----------------------------------
+    # -- 4a/4b. region models (each once over the distinct regions that need it) and the types with their own
+    # runner (classify, describe: every task of the type in one call), all at once ---------------------
     by_model: dict[str, list[Pending]] = {}
+    by_runner: dict[str, list[Pending]] = {}
     for p in pending:
         kind = TASK_TYPES[p.task.type]
         if kind.model is not None:
             by_model.setdefault(kind.model, []).append(p)
-    for model, group in by_model.items():
+        elif kind.runner is not None:
+            by_runner.setdefault(p.task.type, []).append(p)
+
+    async def model_stage(model: str, group: list[Pending]) -> None:
         t1 = time.perf_counter()
-        outs = await run_stage(orch, model, [regions[p.item.index].crop(p.region.box) for p in group])
+        keys = list(dict.fromkeys((p.item.index, p.region.box) for p in group))  # a region once per model
+        outs = dict(zip(keys, await run_stage(orch, model, [regions[i].crop(box) for i, box in keys])))
         timings[f"{model}_ms"] = (time.perf_counter() - t1) * 1000
         adapter = orch.registry.loaded(model)
-        for p, out in zip(group, outs):
+        for p in group:
             kind = TASK_TYPES[p.task.type]
+            out = outs[(p.item.index, p.region.box)]
             if out is None or isinstance(out, BaseException):
                 results[p.item.index][p.task.operation_id] = error_result(p, message(out))
                 continue
@@ -115,12 +123,7 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
                 continue
             results[p.item.index][p.task.operation_id] = success(p, data)
 
-    # -- 4b. types with their own runner (classify, describe): every task of the type in one call -------
-    by_runner: dict[str, list[Pending]] = {}
-    for p in pending:
-        if TASK_TYPES[p.task.type].runner is not None:
-            by_runner.setdefault(p.task.type, []).append(p)
-    for name, group in by_runner.items():
+    async def runner_stage(name: str, group: list[Pending]) -> None:
         t1 = time.perf_counter()
         runner = TASK_TYPES[name].runner
         assert runner is not None
@@ -138,6 +141,9 @@ async def run_tasks(orch: Orchestrator, items: list[Ingested], opts: T.TaskOptio
                     status="skipped", target=target_of(p.task), cropped_image_bbox=list(p.region.box), error_message=value)
             else:
                 results[p.item.index][p.task.operation_id] = error_result(p, str(value))
+
+    await asyncio.gather(*(model_stage(m, g) for m, g in by_model.items()),
+                         *(runner_stage(n, g) for n, g in by_runner.items()))
 
     # -- 4c. boxes and whole-image analyses ----------------------------------------------------------
     analyses = {TASK_TYPES[p.task.type].analysis for p in pending if TASK_TYPES[p.task.type].analysis}
