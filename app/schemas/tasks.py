@@ -147,6 +147,13 @@ class TasksRequest(TaskOptions):
 class TasksBatchRequest(TaskOptions):
     images: list[ImageInput] = Field(min_length=1, description="Up to MAX_BATCH_SIZE images; each gets every task.")
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "images": [{"url": "https://example.com/a.jpg", "image_id": "a"}, {"url": "https://example.com/b.jpg", "image_id": "b"}],
+        "tasks": [{"operation_id": "person", "type": "detect_bounding_box"},
+                  {"operation_id": "in_42", "type": "classify", "params": {"collection_id": 42, "target": "prominent_person"}},
+                  {"operation_id": "caption", "type": "describe", "params": {"max_length": 30}}],
+        "return_crops": False}]})
+
 
 class TasksForm(BaseModel):
     """Multipart fields of /v1/tasks and /v1/tasks/batch (the images come as `file` parts)."""
