@@ -200,7 +200,7 @@ async def caption_on_server(images: list[Path], max_length: int, args: argparse.
 
 def caption_of(status: int, body: Any, where: str) -> tuple[str | None, str | None]:
     """(caption, None) or (None, error) from a /v1/tasks answer; a refused task list raises RefusedError."""
-    from app.cli.client import describe_error
+    from app.cli.client import describe_error, located_in
 
     if status == 200 and isinstance(body, dict):
         res = (body.get("results") or {}).get(OPERATION_ID)
@@ -212,18 +212,9 @@ def caption_of(status: int, body: Any, where: str) -> tuple[str | None, str | No
     err = describe_error(body, status)
     if status == 404:
         raise RefusedError(f"{where} has no POST /v1/tasks (an older Loupe?)")
-    if status == 422 and not about_image(err):
+    if status == 422 and not located_in(err, "image"):
         raise RefusedError(f"{where} refused the describe task: {err['message']}")
     return None, f"{err['type']}: {err['message']}"
-
-
-def about_image(err: dict[str, Any]) -> bool:
-    """A 422 located in the request's image (a bad file), not in its task list."""
-    detail = err.get("detail")
-    errors = detail.get("errors") if isinstance(detail, dict) else None
-    if not isinstance(errors, list) or not errors:
-        return False
-    return all(isinstance(e, dict) and isinstance(e.get("loc"), list) and e["loc"][:1] == ["image"] for e in errors)
 
 
 async def gather_all(coros: list[Awaitable[None]]) -> None:

@@ -19,6 +19,16 @@ from app.cli.errors import ServerError
 from app.cli.tasks import TaskRun
 
 
+def located_in(err: dict[str, Any], field: str) -> bool:
+    """A 422 whose every error is located in the request's `field` (e.g. its images: one bad file or URL),
+    not elsewhere (e.g. its task list)."""
+    detail = err.get("detail")
+    errors = detail.get("errors") if isinstance(detail, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return False
+    return all(isinstance(e, dict) and isinstance(e.get("loc"), list) and e["loc"][:1] == [field] for e in errors)
+
+
 def describe_error(body: Any, status: int) -> dict[str, Any]:
     """The API's error envelope → {type, message, detail}; anything else → a generic error."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from app.cli.client import Api, describe_error, warn_unavailable, warn_unavailable_tasks
+from app.cli.client import Api, describe_error, located_in, warn_unavailable, warn_unavailable_tasks
 from app.cli.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -99,15 +99,6 @@ async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], write
         writer.write(it, None, err)
 
 
-def about_images(err: dict[str, Any]) -> bool:
-    """A 422 located in the images of the request (one bad entry of a manifest), not in the task list."""
-    detail = err.get("detail")
-    errors = detail.get("errors") if isinstance(detail, dict) else None
-    if not isinstance(errors, list) or not errors:
-        return False
-    return all(isinstance(e, dict) and isinstance(e.get("loc"), list) and e["loc"][:1] == ["images"] for e in errors)
-
-
 async def score_tasks_batch(api: Api, batch: list[Item], run: TaskRun, writer: Writer, retries: int = 3) -> None:
     """Send one /v1/tasks/batch request; every image ends as a row (its task results, or its error). A task
     list the server refuses (422) or a server without the endpoint (404) stops the run: RefusedError."""
@@ -128,7 +119,7 @@ async def score_tasks_batch(api: Api, batch: list[Item], run: TaskRun, writer: W
     err = describe_error(body, status)
     if status == 404:
         raise RefusedError(f"{api.where} has no POST /v1/tasks/batch (an older Loupe?)")
-    if status == 422 and not about_images(err):
+    if status == 422 and not located_in(err, "images"):
         raise RefusedError(f"{api.where} refused the task list of {run.source}: {err['message']}")
     if status == 413 and len(sendable) > 1 and err["type"] == "payload_too_large":
         half = len(sendable) // 2  # the server takes fewer per request: split and go on

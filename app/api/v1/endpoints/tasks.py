@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.api.deps import ImageRequestSpec, read_image_request, repeated, settings_of
 from app.api.v1.openapi_extra import body_json_or_form
 from app.core import errors
+from app.core.config import API_VERSION
 from app.core.errors import ValidationFailed
 from app.schemas import tasks as T
 from app.schemas.common import ErrorEnvelope
@@ -42,6 +43,15 @@ def check_tasks(opts: T.TaskOptions, max_tasks: int) -> None:
                                detail={"duplicate_operation_ids": dupes, "allowed_types": sorted(TASK_TYPES)})
 
 
+async def read_and_load(request: Request, spec: ImageRequestSpec[T.TaskOptions]) -> tuple[list[Any], T.TaskOptions]:
+    """The request read and checked, and its images read and decoded (RGB: regions are cut from them)."""
+    settings = settings_of(request)
+    req = await read_image_request(request, spec)
+    check_tasks(req.opts, settings.max_tasks)
+    items = await request.app.state.orchestrator.load_all(req.sources, gray=False, min_dim=settings.analysis_max_dim)
+    return items, req.opts
+
+
 SINGLE = ImageRequestSpec(T.TasksRequest, images="image", options=T.TaskOptions, form_options=T.TasksForm,
                           from_form=from_form)
 BATCH = ImageRequestSpec(T.TasksBatchRequest, images="images", options=T.TaskOptions, form_options=T.TasksForm,
@@ -61,14 +71,10 @@ DESCRIPTION = (
              description=DESCRIPTION,
              openapi_extra=body_json_or_form(T.TasksRequest, multiple_files=False, form_model=T.TasksForm))
 async def tasks(request: Request) -> T.TasksResponse:
-    settings = settings_of(request)
-    req = await read_image_request(request, SINGLE)
-    check_tasks(req.opts, settings.max_tasks)
-    orch = request.app.state.orchestrator
-    items = await orch.load_all(req.sources, gray=False, min_dim=settings.analysis_max_dim)
+    items, opts = await read_and_load(request, SINGLE)
     if items[0].error is not None:
         raise items[0].exception()
-    [result] = await run_tasks(orch, items, req.opts)
+    [result] = await run_tasks(request.app.state.orchestrator, items, opts)
     return result
 
 
@@ -77,9 +83,5 @@ async def tasks(request: Request) -> T.TasksResponse:
              description=DESCRIPTION + " Every model runs once over the regions of all the images.",
              openapi_extra=body_json_or_form(T.TasksBatchRequest, multiple_files=True, form_model=T.TasksForm))
 async def tasks_batch(request: Request) -> T.TasksBatchResponse:
-    settings = settings_of(request)
-    req = await read_image_request(request, BATCH)
-    check_tasks(req.opts, settings.max_tasks)
-    orch = request.app.state.orchestrator
-    items = await orch.load_all(req.sources, gray=False, min_dim=settings.analysis_max_dim)
-    return T.TasksBatchResponse(api_version="v1", results=await run_tasks(orch, items, req.opts))
+    items, opts = await read_and_load(request, BATCH)
+    return T.TasksBatchResponse(api_version=API_VERSION, results=await run_tasks(request.app.state.orchestrator, items, opts))
