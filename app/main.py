@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.compat.dialects import ErrorParts, render_error
 from app.core.config import VERSION, Settings, get_settings
-from app.core.errors import ApiError, PayloadTooLarge, error_body, validation_failed
+from app.core.errors import ApiError, PayloadTooLarge, validation_failed
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 from app.core.ratelimit import AccessControl
@@ -37,10 +38,12 @@ _STATUS_TYPES = {
 
 
 def envelope(status: int, error_type: str, message: str, detail: Any = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+             headers: dict[str, str] | None = None, *, path: str = "", code: int | None = None) -> JSONResponse:
+    """The error response: Loupe's envelope, or on a compatibility route its service's shape
+    (`app.api.compat.dialects`)."""
     ERRORS.labels(error_type).inc()
-    return JSONResponse(error_body(error_type, message, detail, request_id_var.get()), status_code=status,
-                        headers=headers)
+    status, body = render_error(path, ErrorParts(status, error_type, message, detail, request_id_var.get(), code))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -58,6 +61,9 @@ def body_limits(settings: Settings) -> tuple[dict[str, int], int]:
     limits = {
         "/v1/analyze": per_image + slack, "/v1/quality": per_image + slack, "/v1/analyze/llm": per_image + slack,
         "/v1/analyze/batch": batch, "/v1/tasks": per_image + slack, "/v1/tasks/batch": batch,
+        # the compatibility routes (app.api.compat): one image each
+        "/quality": per_image + slack, "/1.0/check.json": per_image + slack, "/analyze_image": per_image + slack,
+        "/analyze_image_upload": per_image + slack,
         "/v1/analyze/llm/group": per_image * LLM_GROUP_MAX + slack,
         "/v1/cluster/images": per_image * min(settings.max_cluster_images, settings.max_batch_size) + slack,
         # N vectors as JSON numbers (about 10 bytes each, 512-d by default), never below a batch's size
@@ -96,7 +102,8 @@ class RequestContextMiddleware:
 
         def too_large(size: str) -> JSONResponse:
             return envelope(413, "payload_too_large", f"The request body is {size}; the limit for "
-                            f"{scope.get('path')} is {max_body} bytes.", {"max_body_bytes": max_body})
+                            f"{scope.get('path')} is {max_body} bytes.", {"max_body_bytes": max_body},
+                            path=scope.get("path", ""))
 
         try:
             declared = headers.get("content-length")
@@ -125,7 +132,8 @@ class RequestContextMiddleware:
                 log.exception("unhandled error")
                 if status_holder.get("sent"):
                     raise
-                await envelope(500, "internal_error", "Internal server error.")(scope, receive, send_wrapper)
+                await envelope(500, "internal_error", "Internal server error.", path=scope.get("path", ""))(
+                    scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
@@ -147,12 +155,13 @@ class RequestContextMiddleware:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return envelope(exc.status_code, exc.error_type, exc.message, exc.detail, exc.headers or None)
+        return envelope(exc.status_code, exc.error_type, exc.message, exc.detail, exc.headers or None,
+                        path=request.url.path, code=getattr(exc, "code", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = validation_failed(list(exc.errors()), skip=("body",))
-        return envelope(err.status_code, err.error_type, err.message, err.detail)
+        return envelope(err.status_code, err.error_type, err.message, err.detail, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -162,12 +171,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"No route {request.url.path}."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
-        return envelope(exc.status_code, etype, message, None, getattr(exc, "headers", None))
+        return envelope(exc.status_code, etype, message, None, getattr(exc, "headers", None), path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return envelope(500, "internal_error", "Internal server error.", None)
+        return envelope(500, "internal_error", "Internal server error.", None, path=request.url.path)
 
 
 @asynccontextmanager
@@ -223,11 +232,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.access = AccessControl.from_settings(settings)
 
+    from app.api.compat.router import compat_router
     from app.api.v1.router import public_router, v1_router
     from app.api.web import web_router
 
     app.include_router(public_router)
     app.include_router(v1_router)
+    app.include_router(compat_router)
     app.include_router(web_router)
 
     if settings.prometheus_enabled:

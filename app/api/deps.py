@@ -59,7 +59,7 @@ async def read_json_model(request: Request, model: type[M]) -> M:
 
 
 def source_of(inp: ImageInput) -> ImageSource:
-    return ImageSource(image_id=inp.image_id, url=inp.url, base64=inp.base64)
+    return ImageSource(image_id=inp.image_id, url=inp.url, base64=inp.encoded)
 
 
 async def read_form(request: Request, max_files: int) -> FormData:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -39,7 +39,8 @@ def prefix_only() -> bool:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a start-up error must not print the other settings (API keys among them)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -140,6 +141,13 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=800, ge=16, le=8192)
     llm_image_max_dim: int = Field(default=1024, ge=128, le=4096)
 
+    # --- the image-quality-gate service's names (aliases; see SETTING_ALIASES) ----------------
+    blur_min: float | None = Field(default=None, ge=0)  # = BLUR_THRESHOLD
+    resize_max_dim: int | None = Field(default=None, ge=64, le=8192)  # = ANALYSIS_MAX_DIM
+    max_upload_mb: float | None = Field(default=None, gt=0)  # = MAX_IMAGE_MB
+    app_name: str = Field(default="loupe", min_length=1, max_length=100)  # this deployment's name
+    app_version: str = Field(default="", max_length=100)  # this deployment's version label; empty = Loupe's version
+
     @field_validator("bright_max")
     @classmethod
     def _bright_order(cls, v: float, info):  # noqa: ANN001
@@ -149,6 +157,30 @@ class Settings(BaseSettings):
         return v
 
     # --- derived -------------------------------------------------------------
+    @field_validator("blur_min", "resize_max_dim", "max_upload_mb", mode="before")
+    @classmethod
+    def _empty_alias_is_unset(cls, v):  # noqa: ANN001
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _apply_aliases(self) -> Settings:
+        """An alias sets its Loupe setting; both set to different values is an error naming both."""
+        for alias, target in SETTING_ALIASES.items():
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            if target in self.model_fields_set and getattr(self, target) != value:
+                raise ValueError(
+                    f"{alias.upper()}={value:g} and {target.upper()}={getattr(self, target):g} are both set and differ: "
+                    f"{alias.upper()} is the image-quality-gate name of {target.upper()}; set only one of them.")
+            setattr(self, target, value)
+        return self
+
+    @property
+    def display_version(self) -> str:
+        """APP_VERSION, or Loupe's version when it is not set."""
+        return self.app_version or VERSION
+
     @property
     def api_key_list(self) -> list[str]:
         keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
@@ -171,6 +203,11 @@ class Settings(BaseSettings):
     @property
     def preload_list(self) -> list[str]:
         return [m.strip() for m in self.preload_models.split(",") if m.strip()]
+
+
+#: settings of the services Loupe replaces, read as aliases of Loupe's (image-quality-gate's names; BRIGHT_MIN,
+#: BRIGHT_MAX, APP_NAME, APP_VERSION, LOG_LEVEL and LOG_JSON are the same names in both)
+SETTING_ALIASES = {"blur_min": "blur_threshold", "resize_max_dim": "analysis_max_dim", "max_upload_mb": "max_image_mb"}
 
 
 @lru_cache

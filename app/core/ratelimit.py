@@ -96,7 +96,9 @@ class AccessControl:
             headers={"Retry-After": str(retry), "X-RateLimit-Limit": str(item.amount),
                      "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(stats.reset_time))})
 
-    def check(self, request: Request, response: Response) -> None:
+    def check(self, request: Request, response: Response, key: str | None = None) -> None:
+        """`key`: the key a route reads from elsewhere than the headers (Sightengine's `api_secret`);
+        the headers' key wins when both are sent."""
         ip = self.client_ip(request)
         request.state.client_ip = ip
         if self.keys:
@@ -104,7 +106,7 @@ class AccessControl:
             for item in self.auth_fail_items:
                 if not self.strategy.test(item, fail_bucket):
                     raise self._refuse(item, fail_bucket, "Too many failed authentications from this address")
-            candidate = presented_key(request)
+            candidate = presented_key(request) or (key.strip() if key and key.strip() else None)
             if candidate is None or not key_is_valid(candidate, self.keys):
                 for item in self.auth_fail_items:
                     self.strategy.hit(item, fail_bucket)

@@ -7,7 +7,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models import outputs
-from app.schemas.common import Band, ErrorInfo, ImageInput, RunFlags, ranged
+from app.schemas.common import Band, ErrorInfo, ImageInput, RunFlags, festora_alias, ranged
+
+#: festora-vision-api's aesthetic_label from the NIMA aesthetic mean: high from 6.5, medium from 5.0, else low
+#: (its app/services/quality_service.py); returned in `aesthetic.thresholds` as aesthetic_label_*_min
+FESTORA_AESTHETIC_LABELS: tuple[tuple[Literal["high", "medium"], float], ...] = (("high", 6.5), ("medium", 5.0))
 
 Status = Literal["ok", "unavailable", "error"]
 
@@ -48,6 +52,10 @@ class BlurResult(AnalysisBase):
     analyzed_width_px: int | None = None
     analyzed_height_px: int | None = None
     thresholds: BlurThresholds
+
+    @festora_alias("thresholds.blur_threshold", 0, None, None)
+    def blur_threshold(self) -> float:
+        return self.thresholds.blur_threshold
 
 
 # --- exposure ----------------------------------------------------------------------
@@ -109,6 +117,14 @@ class QualityResult(AnalysisBase):
     missing: dict[str, str] = Field(default_factory=dict, description="Components that could not be used, and why.")
     thresholds: QualityThresholds
 
+    @festora_alias("brisque", *outputs.BRISQUE.range, outputs.BRISQUE.higher_is_better)
+    def brisque_score(self) -> float | None:
+        return self.brisque
+
+    @festora_alias("nima_technical", 1, 10, True, how="on festora's 1–10 scale: 1 + 9 × nima_technical")
+    def nima_technical_score(self) -> float | None:
+        return None if self.nima_technical is None else round(1 + 9 * self.nima_technical, 4)
+
 
 # --- aesthetic -------------------------------------------------------------------------
 class AestheticResult(AnalysisBase):
@@ -120,7 +136,19 @@ class AestheticResult(AnalysisBase):
         None, description="From nima_score: poor < 4 ≤ average < 5.5 ≤ good < 6.5 ≤ excellent.")
     laion_score: float | None = ranged("LAION aesthetic predictor V1 on the CLIP embedding (only when CLIP ran).",
                                        *outputs.LAION_AESTHETIC.range, outputs.LAION_AESTHETIC.higher_is_better)
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Label bounds applied to nima_score.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Label bounds applied to nima_score "
+                                         "(`<label>_min`, and festora's `aesthetic_label_<label>_min`).")
+
+    @festora_alias("nima_score", *outputs.NIMA_AESTHETIC.range, outputs.NIMA_AESTHETIC.higher_is_better)
+    def nima_aesthetic_score(self) -> float | None:
+        return self.nima_score
+
+    @festora_alias("nima_score", how="as festora's label: high from 6.5, medium from 5.0, else low "
+                   "(`thresholds.aesthetic_label_high_min`, `aesthetic_label_medium_min`)")
+    def aesthetic_label(self) -> Literal["low", "medium", "high"] | None:
+        if self.nima_score is None:
+            return None
+        return next((name for name, lo in FESTORA_AESTHETIC_LABELS if self.nima_score >= lo), "low")
 
 
 # --- faces / emotion ---------------------------------------------------------------------
@@ -151,17 +179,37 @@ class EmotionFace(BaseModel):
     dominant_emotion: str
     emotions: dict[str, float] = Field(description="Probability per emotion (angry, disgust, fear, happy, sad, surprise, neutral); sums to 1.")
 
+    @festora_alias("box")
+    def region(self) -> Box:
+        return self.box
+
+    @festora_alias("confidence", 0, 1, True)
+    def face_confidence(self) -> float:
+        return self.confidence
+
+    @festora_alias("emotions", 0, 100, None, how="in percent (festora's scale): 100 × each probability")
+    def scores(self) -> dict[str, float]:
+        return {k: round(100 * v, 4) for k, v in self.emotions.items()}
+
 
 class EmotionResult(AnalysisBase):
     faces: list[EmotionFace] = Field(default_factory=list, description="Empty when no face is found (not an error).")
     count: int = 0
     detector: str | None = None
 
+    @festora_alias("count", 0, None, None)
+    def faces_detected(self) -> int:
+        return self.count
+
 
 class EmbeddingResult(AnalysisBase):
     model: str | None = None
     dim: int | None = None
     vector: list[float] | None = Field(None, description="L2-normalised: cosine similarity = dot product.")
+
+    @festora_alias("dim")
+    def dimensions(self) -> int | None:
+        return self.dim
 
 
 # --- per image ---------------------------------------------------------------------------
@@ -221,6 +269,22 @@ class BatchResponse(BaseModel):
     api_version: str = "v1"
     results: list[ImageResult]
     summary: BatchSummary
+
+    @festora_alias("summary.total", 0, None, None)
+    def total(self) -> int:
+        return self.summary.total
+
+    @festora_alias("summary.succeeded", 0, None, None)
+    def succeeded(self) -> int:
+        return self.summary.succeeded
+
+    @festora_alias("summary.failed", 0, None, None)
+    def failed(self) -> int:
+        return self.summary.failed
+
+    @festora_alias("summary.processing_time_ms", 0, None, None)
+    def total_processing_time_ms(self) -> float:
+        return self.summary.processing_time_ms
 
 
 class QualityGateResponse(BaseModel):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.analysis import ImageResult
-from app.schemas.common import ErrorInfo, ImageInput, ranged
+from app.schemas.common import ErrorInfo, ImageInput, festora_alias, ranged
 
 EPS_BOUNDS = (1e-6, 2.0)
 MIN_SAMPLES_BOUNDS = (1, 1000)
@@ -41,6 +41,26 @@ class ClusterResponse(BaseModel):
     assignments: dict[str, int] = Field(description="image_id → cluster_id (−1 = noise).")
     clusters: list[VectorCluster]
     processing_time_ms: float
+
+    @festora_alias("params.eps")
+    def eps_used(self) -> float:
+        return float(self.params["eps"])
+
+    @festora_alias("params.min_samples")
+    def min_samples_used(self) -> int:
+        return int(self.params["min_samples"])
+
+    @festora_alias("len(assignments)", 0, None, None)
+    def total_images(self) -> int:
+        return len(self.assignments)
+
+    @festora_alias("n_clusters", 0, None, None)
+    def num_clusters(self) -> int:
+        return self.n_clusters
+
+    @festora_alias("n_noise", 0, None, None)
+    def num_noise(self) -> int:
+        return self.n_noise
 
 
 class PhotoSetRequest(BaseModel):

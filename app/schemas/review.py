@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import ImageInput, ranged
+from app.schemas.common import ImageInput, OmittableStr, ranged, readonly
 
 LLM_GROUP_MIN = 2
 LLM_GROUP_MAX = 10
@@ -38,18 +38,44 @@ class LlmOptions(BaseModel):
     max_tokens: int | None = ranged(
         "Most tokens the model may generate. Default LLM_MAX_TOKENS (for a group, at least 300 + 150 per image).",
         16, 8192, None, ge=16, le=8192)
+    ref_id: str | None = Field(None, max_length=256, description="Your reference for this review, echoed in the "
+                                                                 "response (festora-vision-api's field).")
 
     model_config = ConfigDict(extra="forbid")
 
 
-class LlmReviewRequest(LlmOptions):
-    image: ImageInput
+def _image_or_url(schema: dict) -> None:
+    for name in ("image", "image_url"):
+        schema["properties"][name].pop("default", None)
+    schema["oneOf"] = [{"required": ["image"]}, {"required": ["image_url"]}]
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+
+class LlmReviewRequest(LlmOptions):
+    """The image as `image` (url, base64 or data), or festora-vision-api's body: `image_url` at the top level."""
+
+    image: ImageInput = Field(None, description="The photo.")  # type: ignore[assignment]  # one of image / image_url
+    image_url: OmittableStr = Field(None, max_length=4096, description="festora-vision-api's request: the photo's "
+                                                                       "URL (the same as `image.url`).")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema, _cls: _llm_request_schema(schema))
+
+    @model_validator(mode="after")
+    def _one_image(self) -> LlmReviewRequest:
+        if (self.image is None) == (self.image_url is None):
+            raise ValueError("give exactly one of `image` or `image_url`")
+        if self.image is None:
+            self.image = ImageInput(url=self.image_url)
+        return self
+
+
+def _llm_request_schema(schema: dict) -> None:
+    _image_or_url(schema)
+    schema["examples"] = [
         {"image": {"url": "https://example.com/photo.jpg", "image_id": "IMG_2031"}},
         {"image": {"base64": "data:image/jpeg;base64,/9j/4AAQ…"}, "model": "anthropic/claude-sonnet-4-5",
          "custom_prompt": "A portrait for a company website.", "max_tokens": 600},
-    ]})
+        {"image_url": "https://example.com/photo.jpg", "ref_id": "photo_abc123", "model": "openai/gpt-4o-mini"},
+    ]
 
 
 class LlmGroupRequest(LlmOptions):
@@ -140,11 +166,40 @@ class _ApiVersion(BaseModel):
 
 class _ReviewHead(_ApiVersion):
     image_id: str | None = Field(None, description="Your id, or `0` when none was given.")
+    ref_id: str | None = Field(None, description="The request's `ref_id`, echoed (null when none was sent).")
+
+
+class FestoraAnalysis(BaseModel):
+    """festora-vision-api's `analysis` object, from Loupe's review fields."""
+
+    overall_score: int = ranged("= overall_score.", 1, 10, True, default=...)
+    discard_reason: str | None
+    best_in_group: bool = Field(description="Always false: one photo is reviewed alone (compare shots with "
+                                            "/v1/analyze/llm/group).")
+    composition: str
+    pose_quality: str = Field(description="= subject (focus, expression, pose).")
+    background_quality: str
+    highlights: list[str]
+    issues: list[str]
+    summary: str
 
 
 # Bases are listed last-first so that the JSON reads: api_version, image_id, the review, the call's numbers.
 class LlmReviewResponse(LlmCallInfo, LlmReview, _ReviewHead):
     image_sent: LlmImageSent
+
+    @readonly("Alias for festora-vision-api clients: the review in festora's `analysis` object.",
+              {"x-compat": "festora-vision-api"})
+    def analysis(self) -> FestoraAnalysis:
+        return FestoraAnalysis(overall_score=self.overall_score, discard_reason=self.discard_reason, best_in_group=False,
+                               composition=self.composition, pose_quality=self.subject,
+                               background_quality=self.background_quality, highlights=list(self.highlights),
+                               issues=list(self.issues), summary=self.summary)
+
+    @readonly("Always null in a response that succeeded (festora-vision-api's field); errors are HTTP errors in the "
+              "error envelope.", {"x-compat": "festora-vision-api"})
+    def error(self) -> None:
+        return None
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {
         "api_version": "v1", "image_id": "IMG_2031", "overall_score": 7, "discard_reason": None,
@@ -158,6 +213,7 @@ class LlmReviewResponse(LlmCallInfo, LlmReview, _ReviewHead):
 
 
 class LlmGroupResponse(LlmCallInfo, LlmGroupReview, _ApiVersion):
+    ref_id: str | None = Field(None, description="The request's `ref_id`, echoed (null when none was sent).")
     images_sent: list[LlmImageSent]
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {

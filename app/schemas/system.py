@@ -40,8 +40,9 @@ class HealthResponse(BaseModel):
 
 
 class VersionResponse(BaseModel):
-    name: str = "loupe"
-    version: str
+    name: str = Field("loupe", description="APP_NAME: this deployment's name.")
+    version: str = Field(description="Loupe's version.")
+    app_version: str = Field(description="APP_VERSION: this deployment's version label (Loupe's version when unset).")
     api_version: str
     python: str
     libraries: dict[str, str]

@@ -50,7 +50,7 @@ class ClassifyParams(RegionParams):
 
 
 class DescribeParams(RegionParams):
-    max_length: int = Field(default=50, ge=5, le=200, description="Most tokens of the caption.")
+    max_length: int = Field(default=50, ge=5, le=300, description="Most tokens of the caption.")
 
 
 class WholeImageParams(_Params):

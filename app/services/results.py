@@ -187,6 +187,7 @@ def quality_result(it: Ingested, settings: Settings, registry: ModelRegistry) ->
 
 def aesthetic_result(it: Ingested) -> S.AestheticResult:
     thresholds = {f"{name}_min": lo for name, lo, _ in AESTHETIC_LABELS}
+    thresholds.update({f"aesthetic_label_{name}_min": lo for name, lo in S.FESTORA_AESTHETIC_LABELS})
     nima = it.models.get("nima_aesthetic")
     laion = it.models.get("laion_aesthetic")
     laion_score = float(laion) if laion is not None and not isinstance(laion, BaseException) else None

@@ -113,7 +113,8 @@ def no_server_fault(ctx, response, case):
     """schemathesis's not_a_server_error, except the gateway statuses above."""
     if response.status_code >= 500:
         try:
-            etype = response.json()["error"]["type"]
+            error = response.json()["error"]
+            etype = error.get("loupe_type", error["type"])  # a compat route's dialect keeps Loupe's type there
         except Exception:  # noqa: BLE001
             etype = None
         if (response.status_code, etype) not in GATEWAY_ERRORS:
@@ -155,5 +156,5 @@ def test_every_operation_keeps_its_contract(api_schema):
     assert len(labels) >= 10, labels
     print({k: calls.get(k, 0) for k in labels})
     # every operation was really exercised (a GET without parameters has one possible request)
-    assert all(calls.get(k, 0) >= (1 if k.startswith("GET") else 10) for k in labels), calls
     assert not failures, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
+    assert all(calls.get(k, 0) >= (1 if k.startswith("GET") else 10) for k in labels), calls

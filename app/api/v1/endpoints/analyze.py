@@ -64,6 +64,11 @@ GATE: ImageRequestSpec[BaseModel] = ImageRequestSpec(QualityGateRequest, images=
              summary="Quality gate: is this upload sharp, well exposed and large enough?",
              openapi_extra=body_json_or_form(QualityGateRequest, multiple_files=False, form_model=None))
 async def quality(request: Request) -> QualityGateResponse:
+    return await run_gate(request)
+
+
+async def run_gate(request: Request) -> QualityGateResponse:
+    """The gate's answer for the request's one image (also the image-quality-gate compat route's)."""
     settings = settings_of(request)
     t0 = time.perf_counter()
     req = await read_image_request(request, GATE)

@@ -78,8 +78,10 @@ async def llm_review(request: Request) -> LlmReviewResponse:
     opts = req.opts
     pick_model(settings, opts.model)  # a model LLM_ALLOWED_MODELS refuses is a 422 before any image is read
     [img] = await _encode(request, req.sources, group=False)
-    return await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
-                              max_tokens=opts.max_tokens, started=started)
+    review = await review_image(settings, img, model=opts.model, custom_prompt=opts.custom_prompt,
+                                max_tokens=opts.max_tokens, started=started)
+    review.ref_id = opts.ref_id
+    return review
 
 
 @router.post("/analyze/llm/group", response_model=LlmGroupResponse, responses=ERRORS,
@@ -97,5 +99,7 @@ async def llm_review_group(request: Request) -> LlmGroupResponse:
     opts = req.opts
     pick_model(settings, opts.model)
     imgs = await _encode(request, req.sources, group=True)
-    return await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,
-                              max_tokens=opts.max_tokens, started=started)
+    review = await review_group(settings, imgs, model=opts.model, custom_prompt=opts.custom_prompt,
+                                max_tokens=opts.max_tokens, started=started)
+    review.ref_id = opts.ref_id
+    return review

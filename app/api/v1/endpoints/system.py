@@ -45,14 +45,16 @@ async def health(request: Request):
     return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
-async def version() -> VersionResponse:
+async def version(request: Request) -> VersionResponse:
     libs = {}
     for lib in _LIBS:
         try:
             libs[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             continue
-    return VersionResponse(version=VERSION, api_version=API_VERSION, python=platform.python_version(), libraries=libs)
+    settings = request.app.state.settings
+    return VersionResponse(name=settings.app_name, version=VERSION, app_version=settings.display_version,
+                           api_version=API_VERSION, python=platform.python_version(), libraries=libs)
 
 
 def operations_list(request: Request) -> list[Operation]:
