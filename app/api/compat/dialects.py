@@ -74,7 +74,7 @@ def tagger_style(p: ErrorParts) -> tuple[int, dict[str, Any]]:
 
 
 #: Loupe's type → (status, Sightengine error type, code). Sightengine's codes are support references; these
-#: are Loupe's (README, "Switching from Sightengine"). A raiser may set a more precise code (`ErrorParts.code`).
+#: are Loupe's (README, "Switching from another service"). A raiser may set a more precise code (`ErrorParts.code`).
 SIGHTENGINE_TYPES: dict[str, tuple[int, str, int]] = {
     "unauthorized": (401, "credentials_error", 1),
     "rate_limited": (429, "usage_limit", 32),

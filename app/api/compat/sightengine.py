@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import AsyncIterator
+from tempfile import SpooledTemporaryFile
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
+from starlette.formparsers import MultiPartParser
 
 from app.api.compat.dialects import register, sightengine_request, sightengine_style
-from app.api.deps import media_type, settings_of
+from app.api.deps import media_type
 from app.core.errors import ApiError, PayloadTooLarge, ValidationFailed
 from app.core.logging import request_id_var
 from app.imaging.sources import ImageSource
@@ -45,7 +48,7 @@ OFFERED = ("quality",)
 #: form fields and query parameters Sightengine's clients send
 PARAMS = ("api_user", "api_secret", "models", "url", "media")
 
-# Loupe's codes inside Sightengine's error types (README, "Switching from Sightengine")
+# Loupe's codes inside Sightengine's error types (README, "Switching from another service")
 NO_MEDIA, BOTH_MEDIA, NO_MODELS, UNKNOWN_MODEL = 4, 5, 51, 21
 
 
@@ -80,32 +83,62 @@ class SightengineResponse(BaseModel):
     media: SightengineMedia
 
 
-async def read_params(request: Request) -> dict[str, Any]:
-    """The query string and, for a POST, the form fields (multipart or urlencoded), merged; the form wins."""
-    params: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in PARAMS}
-    if request.method == "POST" and media_type(request) in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        settings = settings_of(request)
-        try:
-            # a `media` part without a file name is a text field to Starlette: allow it an image's size
-            form = await request.form(max_files=1, max_fields=20, max_part_size=settings.max_image_bytes + (64 << 10))
-        except PayloadTooLarge:
-            raise
-        except Exception as exc:  # noqa: BLE001 - malformed multipart, a part too large
-            raise ArgumentError(f"The form could not be read: {exc}", 20) from exc
+class MediaFormParser(MultiPartParser):
+    """Starlette's multipart parser, except that a `media` part is a file even without a file name: Guzzle
+    (client-php) and Node send the raw bytes so, and Starlette would decode them as text (losing bytes that
+    happen to be valid UTF-8, and capping them at 1 MB)."""
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        part = self._current_part
+        if part.file is None and part.field_name == "media":
+            spool: Any = SpooledTemporaryFile(max_size=self.spool_max_size)
+            self._files_to_close_on_error.append(spool)
+            part.file = UploadFile(file=spool, size=0, filename=None, headers=Headers(raw=part.item_headers))
+
+
+async def read_form(request: Request) -> FormData | None:
+    """A POST's form (multipart or urlencoded), or None."""
+    if request.method != "POST":
+        return None
+    kind = media_type(request)
+    try:
+        if kind == "multipart/form-data":
+            return await MediaFormParser(request.headers, request.stream(), max_files=1, max_fields=20).parse()
+        if kind == "application/x-www-form-urlencoded":
+            return await request.form(max_files=0, max_fields=20)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed multipart, too many parts
+        raise ArgumentError(f"The form could not be read: {exc}", 20) from exc
+    return None
+
+
+def read_params(query: dict[str, str], form: FormData | None) -> dict[str, Any]:
+    """The query string's parameters and the form's fields, merged (the form wins); `media` only from the form."""
+    params: dict[str, Any] = {k: v for k, v in query.items() if k in PARAMS and k != "media"}
+    if form is not None:
         unknown = sorted({k for k in form.keys() if k not in PARAMS})
         if unknown:
             raise ArgumentError(f"Unknown parameter(s): {', '.join(unknown)}.", 20,
                                 detail={"unknown_fields": unknown, "accepted": list(PARAMS)})
         params.update({k: v for k, v in form.items()})
-    request.state.sightengine = params
     return params
 
 
-async def sightengine_guard(request: Request, response: Response) -> None:
-    """Authentication and rate limits as on /v1, with `api_secret` as the key (after the headers)."""
-    params = await read_params(request)
-    secret = params.get("api_secret")
-    request.app.state.access.check(request, response, key=secret if isinstance(secret, str) else None)
+async def sightengine_guard(request: Request, response: Response) -> AsyncIterator[None]:
+    """Authentication and rate limits as on /v1, with `api_secret` as the key (after the headers); the
+    parameters are kept for the route, and the form's files closed after it."""
+    form = await read_form(request)
+    try:
+        params = read_params(dict(request.query_params), form)
+        request.state.sightengine = params
+        secret = params.get("api_secret")
+        request.app.state.access.check(request, response, key=secret if isinstance(secret, str) else None)
+        yield
+    finally:
+        if form is not None:
+            await form.close()
 
 
 def requested_models(raw: Any) -> list[str]:
@@ -126,7 +159,7 @@ def requested_models(raw: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def media_source(params: dict[str, Any], max_bytes: int) -> tuple[ImageSource, str]:
+def media_source(params: dict[str, Any]) -> tuple[ImageSource, str]:
     """The image to check and what `media.uri` says of it."""
     url, media = params.get("url"), params.get("media")
     if url not in (None, "") and media not in (None, ""):
@@ -135,12 +168,6 @@ def media_source(params: dict[str, Any], max_bytes: int) -> tuple[ImageSource, s
         return ImageSource(image_id="media", url=url), url
     if isinstance(media, UploadFile):
         return ImageSource(image_id=media.filename or "media", upload=media), media.filename or "media"
-    if isinstance(media, str) and media:
-        data = media.encode("latin-1", errors="replace")  # a part without a file name: Starlette decoded the bytes
-        if len(data) > max_bytes:
-            raise PayloadTooLarge(f"The media is {len(data)} bytes; the limit is {max_bytes} (MAX_IMAGE_MB).",
-                                  detail={"max_bytes": max_bytes})
-        return ImageSource(image_id="media", data=data), "media"
     raise ArgumentError("No media specified: send `url` or a `media` file.", NO_MEDIA)
 
 
@@ -159,7 +186,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def check(request: Request) -> SightengineResponse:
     params: dict[str, Any] = request.state.sightengine
     models = requested_models(params.get("models"))
-    source, uri = media_source(params, settings_of(request).max_image_bytes)
+    source, uri = media_source(params)
     flags = RunFlags(run_blur=False, run_exposure=False, run_quality=True)
     [result] = await request.app.state.orchestrator.analyze([source], flags)
     if result.error is not None:
