@@ -211,6 +211,10 @@ class CaptionAdapter(ModelAdapter):
         `registry.call("caption", lambda m, xs: m.caption(xs, n), prepared)`."""
         if not 2 <= max_length <= MAX_LENGTH_LIMIT:
             raise ValueError(f"max_length must be between 2 and {MAX_LENGTH_LIMIT}, got {max_length}")
+        # never past the text decoder's positions (512 for the published BLIP; a caption stops far earlier)
+        positions = getattr(getattr(getattr(self.model, "config", None), "text_config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and positions >= 2:
+            max_length = min(max_length, positions)
         out: list[str] = []
         step = max(1, self.max_batch)
         for i in range(0, len(batch), step):
