@@ -52,14 +52,15 @@ class BodyTooLarge(PayloadTooLarge):
 
 def body_limits(settings: Settings) -> tuple[dict[str, int], int]:
     """The most bytes each route's body may have (single-image routes: one image; batches: a batch),
-    and the cap of every other route. The largest image as base64 JSON is 4/3 of MAX_IMAGE_MB."""
+    and the cap of every other route. The largest image as base64 JSON is 4/3 of the larger of
+    MAX_IMAGE_MB and MAX_RAW_MB (each image's own limit is checked when it is read)."""
     from app.schemas.review import LLM_GROUP_MAX
 
-    per_image = settings.max_image_bytes * 4 // 3 + (64 << 10)
+    per_image = settings.max_read_bytes * 4 // 3 + (64 << 10)
     slack = 1 << 20  # the JSON or multipart framing and the other fields
     batch = per_image * settings.max_batch_size + slack
     limits = {
-        "/v1/analyze": per_image + slack, "/v1/quality": per_image + slack, "/v1/analyze/llm": per_image + slack,
+        "/v1/analyze": per_image + slack, "/v1/quality": per_image + slack, "/v1/preview": per_image + slack, "/v1/analyze/llm": per_image + slack,
         "/v1/analyze/batch": batch, "/v1/tasks": per_image + slack, "/v1/tasks/batch": batch,
         # the compatibility routes (app.api.compat): one image each
         "/quality": per_image + slack, "/1.0/check.json": per_image + slack, "/analyze_image": per_image + slack,

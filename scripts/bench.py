@@ -269,12 +269,13 @@ def bench_features(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["gate", "models", "tasks", "collections", "cluster", "features", "all"], nargs="?", default="gate")
+    parser.add_argument("section", choices=["gate", "models", "tasks", "collections", "cluster", "features", "formats", "all"], nargs="?", default="gate")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to try")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP measurement")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="cluster sizes")
+    parser.add_argument("--rounds", type=int, default=5, help="formats: timed runs per format (median)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     print(f"# Loupe bench — {machine()}")
@@ -295,6 +296,10 @@ def main() -> int:
         from scripts.bench_collections import bench_collections
 
         results["collections"] = bench_collections(args)
+    if args.section in ("formats", "all"):
+        from scripts.bench_formats import bench_formats
+
+        results["formats"] = bench_formats(args)
     if args.section in ("cluster", "all"):
         from scripts.bench_cluster import _table
         from scripts.bench_cluster import run as bench_cluster

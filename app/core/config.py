@@ -72,6 +72,7 @@ class Settings(BaseSettings):
 
     # --- ingest ------------------------------------------------------------
     max_image_mb: float = Field(default=20.0, gt=0)
+    max_raw_mb: float = Field(default=100.0, gt=0)  # camera RAW files (DNG, CR3, NEF …) are 20-80 MB
     max_image_pixels: int = Field(default=60_000_000, gt=0)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -191,6 +192,22 @@ class Settings(BaseSettings):
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_raw_bytes(self) -> int:
+        return int(self.max_raw_mb * 1024 * 1024)
+
+    @property
+    def max_read_bytes(self) -> int:
+        """The most bytes read for one image before its format is known (the larger of the two limits)."""
+        return max(self.max_image_bytes, self.max_raw_bytes)
+
+    def byte_limit(self, head: bytes) -> tuple[int, str]:
+        """The byte limit of a file that starts with `head`, and the setting that sets it: MAX_RAW_MB for what
+        may be a camera RAW (every TIFF-structured file may), MAX_IMAGE_MB for the rest."""
+        from app.imaging.formats import may_be_raw
+
+        return (self.max_raw_bytes, "MAX_RAW_MB") if may_be_raw(head) else (self.max_image_bytes, "MAX_IMAGE_MB")
 
     @property
     def decode_memory_bytes(self) -> int:

@@ -31,33 +31,20 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from app.imaging.formats import BMFF_FORMATS, GUESSED_RAW, SUPPORTED_FORMATS, is_raw, sniff_format
 from app.imaging.jpeg import estimate_quality
 
 # We do our own pixel-count check; let Pillow not second-guess it with warnings.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-# Magic numbers of the formats we accept → Pillow format name.
-_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-)
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+try:  # HEIF/HEIC through pillow-heif (an opener registered with Pillow); AVIF is Pillow's own
+    import pillow_heif
 
-
-def sniff_format(data: bytes) -> str | None:
-    """Return the image format named by the file's magic bytes, or None."""
-    for magic, offset, fmt in _SIGNATURES:
-        if data[offset : offset + len(magic)] == magic:
-            return fmt
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
+    pillow_heif.register_heif_opener()
+    HEIF_AVAILABLE = True
+except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
+    HEIF_AVAILABLE = False
 
 
 def resize_max(arr: np.ndarray, max_dim: int) -> np.ndarray:
@@ -90,6 +77,8 @@ class DecodedImage:
     n_bytes: int
     frames: int = 1
     jpeg_quality: int | None = None  # IJG quality estimated from the quantisation tables (JPEG only)
+    #: for camera RAW: "raw_preview" (the embedded JPEG) or "raw_demosaic" (LibRaw, half size)
+    decoded_from: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -135,6 +124,8 @@ _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N
 #: working bytes per pixel of the reduced image while it is converted: a composite over white
 #: holds RGBA, the background and the result (4 + 4 + 4) and then the RGB array (3)
 _CONVERT_BYTES = 15
+#: HEIF/AVIF: the decoder's own surface (up to 16-bit RGBA) before Pillow's copy of it
+_BMFF_SURFACE_BYTES = 8
 #: the reduction works in horizontal bands of about this many source bytes
 _BAND_BYTES = 8 << 20
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -182,7 +173,7 @@ def _decode_errors(fmt: str):
             raise
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge(str(exc)) from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError,
                 struct.error, Image.DecompressionBombWarning) as exc:
             raise InvalidImage(
                 f"The {fmt} data could not be decoded: it is truncated or corrupt.",
@@ -222,6 +213,8 @@ def _plan(img: Image.Image, fmt: str, *, max_pixels: int, min_dim: int | None, g
     factor = reduce_factor((dw, dh), min_dim)
     out_px = (dw // factor + 1) * (dh // factor + 1)
     buffer = dw * dh * _MODE_BYTES.get(img.mode, 4)
+    if fmt in BMFF_FORMATS:
+        buffer += dw * dh * _BMFF_SURFACE_BYTES
     if factor > 1:
         buffer += 4 * _BAND_BYTES  # a band, its converted copy and its reduction
     return DecodePlan(format=fmt, width=h0 if swap else w0, height=w0 if swap else h0, decode_size=(dw, dh),
@@ -234,8 +227,22 @@ def probe(data: bytes, *, max_pixels: int, min_dim: int | None = None, gray: boo
 
     Raises InvalidImage (400), UnsupportedMediaType (415) or ImageTooLarge (413)."""
     fmt = _sniff_or_raise(data)
+    if is_raw(fmt):
+        from app.imaging.raw import RawUnsupported, raw_plan
+
+        try:
+            rp = raw_plan(data, fmt, max_pixels=max_pixels, min_dim=min_dim)
+        except RawUnsupported:
+            if fmt not in GUESSED_RAW:
+                raise
+            fmt = "TIFF"  # a TIFF with a camera's Make that LibRaw does not take: the TIFF it also is
+        else:
+            size = rp.preview_size or (rp.sensor_size[0] // 2, rp.sensor_size[1] // 2)
+            return DecodePlan(format=fmt, width=rp.width, height=rp.height, decode_size=size, mode="RGB", frames=1,
+                              orientation=rp.orientation, cost_bytes=rp.cost_bytes)
     with _decode_errors(fmt):
         return _plan(_open(data, fmt), fmt, max_pixels=max_pixels, min_dim=min_dim, gray=gray)
+
 
 
 def _sniff_or_raise(data: bytes) -> str:
@@ -247,6 +254,9 @@ def _sniff_or_raise(data: bytes) -> str:
             "The data is not an image in a supported format.",
             detail={"supported_formats": list(SUPPORTED_FORMATS)},
         )
+    if fmt == "HEIF" and not HEIF_AVAILABLE:  # pragma: no cover
+        raise UnsupportedMediaType("HEIF/HEIC support (pillow-heif) is not installed on this server.",
+                                   detail={"format": fmt})
     return fmt
 
 
@@ -326,6 +336,15 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
     """
     fmt = _sniff_or_raise(data)
     sha = hashlib.sha256(data).hexdigest()
+    if is_raw(fmt):
+        from app.imaging.raw import RawUnsupported
+
+        try:
+            return _decode_raw(data, fmt, sha, max_pixels=max_pixels, min_dim=min_dim, gray=gray)
+        except RawUnsupported:
+            if fmt not in GUESSED_RAW:
+                raise
+            fmt = "TIFF"
     with _decode_errors(fmt):
         if fmt == "PNG":
             # PNG carries a CRC per chunk; Pillow only checks them in verify(). A corrupt
@@ -343,3 +362,31 @@ def decode_image(data: bytes, *, max_pixels: int, min_dim: int | None = None, gr
         raise InvalidImage("The image decoded to no usable pixels.")
     return DecodedImage(pixels=pixels, width=plan.width, height=plan.height, sha256=sha, format=fmt,
                         n_bytes=len(data), frames=plan.frames, jpeg_quality=jpeg_quality)
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """`pixels` as displayed under EXIF `orientation` (1 = as stored)."""
+    if orientation == 1:
+        return pixels
+    return np.ascontiguousarray(np.asarray(Image.fromarray(pixels).transpose(_TRANSPOSE[orientation])))
+
+
+def _decode_raw(data: bytes, fmt: str, sha: str, *, max_pixels: int, min_dim: int | None, gray: bool) -> DecodedImage:
+    """A camera RAW: its embedded JPEG preview when large enough, else LibRaw's half-size demosaic
+    (app.imaging.raw explains the choice)."""
+    from app.imaging.raw import demosaic_half, raw_plan
+
+    plan = raw_plan(data, fmt, max_pixels=max_pixels, min_dim=min_dim)
+    if plan.preview is not None:
+        preview = decode_image(plan.preview, max_pixels=max_pixels, min_dim=min_dim, gray=gray)
+        with _decode_errors("JPEG"):
+            own = _plan(_open(plan.preview, "JPEG"), "JPEG", max_pixels=max_pixels, min_dim=None, gray=gray).orientation
+        pixels = preview.pixels if own != 1 else orient(preview.pixels, plan.orientation)
+    else:
+        rgb = demosaic_half(data, fmt)  # oriented by LibRaw
+        factor = reduce_factor((rgb.shape[1], rgb.shape[0]), min_dim)
+        if factor > 1:
+            rgb = np.ascontiguousarray(np.asarray(Image.fromarray(rgb).reduce(factor)))
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if gray else rgb
+    return DecodedImage(pixels=pixels, width=plan.width, height=plan.height, sha256=sha, format=fmt, n_bytes=len(data),
+                        frames=1, jpeg_quality=None, decoded_from=plan.decoded_from)

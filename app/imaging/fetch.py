@@ -200,7 +200,7 @@ def check_url(url: str) -> httpx.URL:
 
 async def fetch_url(client: httpx.AsyncClient, url: str, settings: Settings) -> Fetched:
     """Download `url` within the size, time and redirect limits. Raises ApiError subclasses."""
-    limit = settings.max_image_bytes
+    limit = settings.max_read_bytes  # until the first bytes say which limit applies
     try:
         async with asyncio.timeout(settings.fetch_timeout_s):
             current = check_url(url)
@@ -222,17 +222,21 @@ async def fetch_url(client: httpx.AsyncClient, url: str, settings: Settings) -> 
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > limit:
                         raise ImageTooLarge(
-                            f"The image is {int(declared)} bytes; the limit is {limit} (MAX_IMAGE_MB).",
+                            f"The image is {int(declared)} bytes; the limit is {limit} (MAX_IMAGE_MB, or MAX_RAW_MB "
+                            "for camera RAW).",
                             detail={"declared_bytes": int(declared), "max_bytes": limit},
                         )
                     chunks: list[bytes] = []
                     total = 0
+                    setting = "MAX_IMAGE_MB, or MAX_RAW_MB for camera RAW"
                     async for chunk in response.aiter_bytes():
+                        if not chunks:
+                            limit, setting = settings.byte_limit(chunk)
                         total += len(chunk)
                         if total > limit:
                             BYTES_FETCHED.inc(total)
                             raise ImageTooLarge(
-                                f"The image is larger than the limit of {limit} bytes (MAX_IMAGE_MB).",
+                                f"The image is larger than the limit of {limit} bytes ({setting}).",
                                 detail={"max_bytes": limit},
                             )
                         chunks.append(chunk)

@@ -47,7 +47,8 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise InvalidImage("The base64 string is empty.")
     if len(text) * 3 // 4 > max_bytes + 3:
         raise ImageTooLarge(
-            f"The base64 image decodes to about {len(text) * 3 // 4} bytes; the limit is {max_bytes} (MAX_IMAGE_MB).",
+            f"The base64 image decodes to about {len(text) * 3 // 4} bytes; the limit is {max_bytes} (MAX_IMAGE_MB, "
+            "or MAX_RAW_MB for camera RAW).",
             detail={"max_bytes": max_bytes},
         )
     text = text.replace("-", "+").replace("_", "/")  # accept the URL-safe alphabet too
@@ -58,22 +59,37 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise InvalidImage("The base64 string is not valid base64.", detail={"reason": str(exc)}) from exc
 
 
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
-    """Read an upload in chunks, stopping as soon as it passes the limit."""
+async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
+    """Read an upload in chunks, stopping as soon as it passes its limit (Settings.byte_limit: from the
+    first bytes, MAX_RAW_MB for a camera RAW, else MAX_IMAGE_MB)."""
     chunks: list[bytes] = []
     total = 0
+    max_bytes, setting = settings.max_read_bytes, "MAX_IMAGE_MB"
     while True:
         chunk = await upload.read(1 << 20)
         if not chunk:
             break
+        if not chunks:
+            max_bytes, setting = settings.byte_limit(chunk)
         total += len(chunk)
         if total > max_bytes:
             raise ImageTooLarge(
-                f"The upload is larger than the limit of {max_bytes} bytes (MAX_IMAGE_MB).",
+                f"The upload is larger than the limit of {max_bytes} bytes ({setting}).",
                 detail={"max_bytes": max_bytes, "filename": upload.filename},
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_bytes(data: bytes, settings: Settings) -> None:
+    """413 when `data` is over its limit (MAX_RAW_MB for a camera RAW, MAX_IMAGE_MB for the rest)."""
+    from app.imaging.formats import is_raw, sniff_format
+
+    raw = is_raw(sniff_format(data[:65536]))
+    limit, setting = (settings.max_raw_bytes, "MAX_RAW_MB") if raw else (settings.max_image_bytes, "MAX_IMAGE_MB")
+    if len(data) > limit:
+        raise ImageTooLarge(f"The image is {len(data)} bytes; the limit is {limit} ({setting}).",
+                            detail={"max_bytes": limit, "received_bytes": len(data)})
 
 
 async def read_source(src: ImageSource, client: httpx.AsyncClient, settings: Settings,
@@ -85,12 +101,10 @@ async def read_source(src: ImageSource, client: httpx.AsyncClient, settings: Set
         return fetched.data, fetched.final_url
     if src.base64 is not None:
         if offload is not None:
-            return await offload(decode_base64, src.base64, settings.max_image_bytes), None
-        return decode_base64(src.base64, settings.max_image_bytes), None
+            return await offload(decode_base64, src.base64, settings.max_read_bytes), None
+        return decode_base64(src.base64, settings.max_read_bytes), None
     if src.upload is not None:
-        return await read_upload(src.upload, settings.max_image_bytes), None
+        return await read_upload(src.upload, settings), None
     if src.data is not None:
-        if len(src.data) > settings.max_image_bytes:
-            raise ImageTooLarge(f"The image is larger than {settings.max_image_bytes} bytes (MAX_IMAGE_MB).")
         return src.data, None
     raise BadRequest("Each image needs one of: url, base64, or an uploaded file.")

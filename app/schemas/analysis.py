@@ -218,8 +218,14 @@ class ImageResult(BaseModel):
     source_url: str | None = Field(None, description="Final URL after redirects, for URL inputs.")
     width_px: int | None = None
     height_px: int | None = None
-    format: str | None = Field(None, description="Format sniffed from the bytes.")
+    format: str | None = Field(None, description="Format sniffed from the bytes: JPEG, PNG, WEBP, GIF, BMP, TIFF, HEIF, "
+                                                 "AVIF, or a camera RAW (DNG, CR2, CR3, NEF, ARW, PEF, SRW, ORF, RW2, "
+                                                 "RAF; RAW for another TIFF-structured RAW).")
     sha256: str | None = Field(None, description="SHA-256 of the image bytes.")
+    decoded_from: Literal["raw_preview", "raw_demosaic"] | None = Field(
+        default=None, description="Camera RAW only: the pixels analysed are the camera's embedded JPEG preview "
+                          "(`raw_preview`, when it is at least as large as the analyses need) or LibRaw's half-size "
+                          "demosaic (`raw_demosaic`: camera white balance, no auto-brightening). Null otherwise.")
     jpeg_quality: int | None = ranged(
         "JPEG only: the IJG quality setting (1–100) closest to the file's quantisation tables; a re-save at a "
         "lower setting reads lower. Null for other formats.", 1, 100, True)

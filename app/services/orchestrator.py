@@ -30,7 +30,7 @@ from app.core.errors import ApiError, ModelUnavailable, detached
 from app.core.metrics import ANALYSIS_LATENCY, ERRORS, IMAGES_ANALYZED
 from app.imaging.budget import MemoryBudget
 from app.imaging.decode import DecodedImage, decode_image, probe
-from app.imaging.sources import ImageSource, read_source
+from app.imaging.sources import ImageSource, check_bytes, read_source
 from app.models.registry import ModelRegistry
 from app.schemas import analysis as S
 from app.schemas.common import ErrorInfo, RunFlags
@@ -137,6 +137,7 @@ class Orchestrator:
         try:
             t0 = time.perf_counter()
             data, item.source_url = await read_source(src, self.client, self.settings, self.in_pool)
+            check_bytes(data, self.settings)  # the format's own limit (a plain image over MAX_IMAGE_MB: 413)
             t1 = time.perf_counter()
             item.timings["read_ms" if src.kind != "url" else "fetch_ms"] = (t1 - t0) * 1000
             max_pixels = self.settings.max_image_pixels

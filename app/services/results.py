@@ -44,6 +44,7 @@ def assemble(it: Ingested, plan: Plan, settings: Settings, registry: ModelRegist
     if img is not None:
         res.width_px, res.height_px, res.format, res.sha256 = img.width, img.height, img.format, img.sha256
         res.jpeg_quality = img.jpeg_quality
+        res.decoded_from = cast(Any, img.decoded_from)
         if plan.blur:
             res.blur = blur_result(it, settings)
         if plan.exposure:

@@ -83,7 +83,7 @@
     rate_limited: "Too many requests in a short time: wait a little and try again.",
     payload_too_large: "Send fewer or smaller photos at once.",
     image_too_large: "Use a smaller photo (fewer pixels or a smaller file).",
-    unsupported_media_type: "Use a JPEG, PNG, WebP, GIF, BMP or TIFF image.",
+    unsupported_media_type: "Use a JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF or camera RAW (DNG, CR2, CR3, NEF, ARW, RAF, ORF, RW2 …) image.",
     invalid_image: "The file looks damaged: try exporting it again.",
     url_not_allowed: "Only public http(s) addresses can be fetched.",
     unreachable_url: "Check the address in a browser tab: it must point straight at an image.",
@@ -236,6 +236,36 @@
     renderQueue();
   }
 
+  /* Browsers show neither HEIC nor camera RAW: when an image fails to display, Loupe makes a JPEG of it
+     (POST /v1/preview, the same reader as the analyses), once per photo. */
+  const previews = new Map();
+  function serverPreview(it) {
+    if (it.kind !== "file") return Promise.resolve(null);
+    if (!previews.has(it.id)) {
+      const form = new FormData();
+      form.append("file", it.file);
+      form.append("max_dim", "1024");
+      const headers = {};
+      const key = apiKey();
+      if (key) headers["X-Api-Key"] = key;
+      previews.set(it.id, fetch("/v1/preview", { method: "POST", headers, body: form })
+        .then((r) => (r.ok ? r.blob() : null)).then((b) => (b ? URL.createObjectURL(b) : null)).catch(() => null));
+    }
+    return previews.get(it.id);
+  }
+
+  function previewOnError(it, hide) {
+    return (e) => {
+      const img = e.target;
+      img.onerror = () => hide(img);
+      serverPreview(it).then((url) => {
+        if (!url) { hide(img); return; }
+        it.src = url;
+        img.src = url;
+      });
+    };
+  }
+
   function removeItem(id) {
     const i = state.items.findIndex((x) => x.id === id);
     if (i >= 0) {
@@ -248,7 +278,7 @@
   function renderQueue() {
     const q = $("#queue");
     q.replaceChildren(...state.items.map((it) => h("li", { class: "chip" },
-      h("img", { src: it.src, alt: "", onerror: (e) => { e.target.style.visibility = "hidden"; } }),
+      h("img", { src: it.src, alt: "", onerror: previewOnError(it, (img) => { img.style.visibility = "hidden"; }) }),
       h("span", { class: "chip-name", text: it.name }),
       h("button", { type: "button", class: "chip-x", "aria-label": `Remove ${it.name}`, onclick: () => removeItem(it.id), text: "×" }))));
     const n = state.items.length;
@@ -342,7 +372,7 @@
 
   function resultCard(it, result, err) {
     const figure = h("div", { class: "figure" }, h("img", {
-      src: it.src, alt: `Photo ${it.name}`, loading: "lazy", onerror: (e) => { e.target.hidden = true; },
+      src: it.src, alt: `Photo ${it.name}`, loading: "lazy", onerror: previewOnError(it, (img) => { img.hidden = true; }),
     }));
     const body = h("div", { class: "card-body" }, h("h3", { class: "card-title", title: it.name, text: it.name }));
     const card = h("article", { class: "card", "data-image-id": it.imageId }, figure, body);
@@ -442,7 +472,7 @@
 
   function regionsCard(it, resp, err) {
     const figure = h("div", { class: "figure" }, h("img", {
-      src: it.src, alt: `Photo ${it.name}`, onerror: (e) => { e.target.hidden = true; },
+      src: it.src, alt: `Photo ${it.name}`, onerror: previewOnError(it, (img) => { img.hidden = true; }),
     }));
     const body = h("div", { class: "card-body" }, h("h3", { class: "card-title", title: it.name, text: it.name }));
     const card = h("article", { class: "card regions-card", "data-image-id": it.imageId }, figure, body);

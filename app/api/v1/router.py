@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.api.v1.endpoints import analyze, cluster, collections, embed, llm, system, tasks
+from app.api.v1.endpoints import analyze, cluster, collections, embed, llm, preview, system, tasks
 from app.core.ratelimit import guard
 
 # Authentication and rate limits in one dependency (see app.core.ratelimit for the order and the keys).
@@ -15,6 +15,7 @@ v1_router.include_router(cluster.router)
 v1_router.include_router(embed.router)
 v1_router.include_router(tasks.router)
 v1_router.include_router(collections.router)
+v1_router.include_router(preview.router)
 v1_router.add_api_route("/operations", system.operations, methods=["GET"], tags=["system"],
                         response_model=system.OperationsResponse, summary="The analyses this instance offers")
 
