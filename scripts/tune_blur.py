@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app.cli.manifest import IMAGE_EXTENSIONS, iter_images  # noqa: E402
+from app.cli.manifest import IMAGE_EXTENSIONS, iter_shots  # noqa: E402
 from app.core.config import Settings  # noqa: E402
 from app.core.errors import ApiError  # noqa: E402
 from app.imaging.decode import decode_image  # noqa: E402
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     settings = Settings()
     labelled = detect_labelled(root) if args.labelled is None else args.labelled
-    files = list(iter_images(root))
+    files = [path for path, _companions in iter_shots(root)]  # a RAW+JPEG pair is one shot, measured once
     if not files:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,7 +25,7 @@ from app.cli.errors import (
     ServerError,
     UsageError,
 )
-from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect, iter_images, read_manifest
+from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect, iter_images, iter_shots, pair_shots, read_manifest
 from app.cli.parser import ANALYSES, build_parser
 from app.cli.tasks import TASKS_CSV_HELP, TaskRun, read_task_run
 from app.cli.writer import CSV_FIELDS, OutputLock, Writer
@@ -33,6 +33,7 @@ from app.cli.writer import CSV_FIELDS, OutputLock, Writer
 __all__ = [
     "ANALYSES", "CSV_FIELDS", "TASKS_CSV_HELP", "EXIT_CODES_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_REFUSED",
     "EXIT_SERVER", "EXIT_USAGE", "IMAGE_EXTENSIONS", "Item", "OutputLock", "RefusedError", "ServerError",
-    "TaskRun", "UsageError", "Writer", "build_parser", "collect", "iter_images", "main", "read_manifest", "run_cluster",
+    "TaskRun", "UsageError", "Writer", "build_parser", "collect", "iter_images", "iter_shots", "main", "pair_shots",
+    "read_manifest", "run_cluster",
     "read_task_run", "run_score", "score_batch", "score_items", "score_tasks_batch",
 ]

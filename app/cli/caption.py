@@ -38,7 +38,7 @@ from app.cli.errors import (
     UsageError,
     run_to_exit_code,
 )
-from app.cli.manifest import IMAGE_EXTENSIONS, b64_of, iter_images
+from app.cli.manifest import IMAGE_EXTENSIONS, b64_of, iter_shots
 
 DEFAULT_MAX_LENGTH = 50  # app.models.caption.DEFAULT_MAX_LENGTH (not imported: it would import the model module)
 OPERATION_ID = "caption"
@@ -76,10 +76,11 @@ class Plan:
 
 
 def plan_folder(folder: Path, force: bool) -> Plan:
-    """The images of `folder` (recursive, as `score` finds them) split into to-do / skipped / clashing."""
+    """The shots of `folder` (recursive, as `score` finds them: a RAW with a JPEG/HEIC of the same name is one shot,
+    captioned from the JPEG/HEIC; a RAW alone from the RAW) split into to-do / skipped / clashing."""
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder")
-    images = list(iter_images(folder))
+    images = [path for path, _companions in iter_shots(folder)]
     if not images:
         raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     plan, owner = Plan(), dict[Path, Path]()
@@ -108,6 +109,7 @@ async def caption_in_process(images: list[Path], max_length: int, batch_size: in
     from app.core.config import Settings
     from app.core.errors import ApiError, ModelUnavailable
     from app.imaging.decode import DecodedImage, decode_image
+    from app.imaging.sources import check_bytes
     from app.models.registry import ModelRegistry
 
     if not verbose:
@@ -120,12 +122,12 @@ async def caption_in_process(images: list[Path], max_length: int, batch_size: in
     pool = ThreadPoolExecutor(max_workers=max(1, settings.threads), thread_name_prefix="loupe-caption")
     registry = ModelRegistry(settings, pool)
     loop = asyncio.get_running_loop()
-    max_bytes = settings.max_image_mb * 1024 * 1024
-
     def read(path: Path) -> DecodedImage:
-        if path.stat().st_size > max_bytes:
-            raise ValueError(f"larger than MAX_IMAGE_MB={settings.max_image_mb:g}")
-        return decode_image(path.read_bytes(), max_pixels=settings.max_image_pixels)
+        if path.stat().st_size > settings.max_read_bytes:
+            raise ValueError(f"larger than MAX_IMAGE_MB={settings.max_image_mb:g} / MAX_RAW_MB={settings.max_raw_mb:g}")
+        data = path.read_bytes()
+        check_bytes(data, settings)
+        return decode_image(data, max_pixels=settings.max_image_pixels)
 
     def run(model: Any, decoded: list[DecodedImage]) -> list[str]:
         return model.caption([model.prepare(d) for d in decoded], max_length)

@@ -32,7 +32,7 @@ from app.cli.errors import (
 )
 from app.cli.manifest import IMAGE_EXTENSIONS, Item, b64_of, collect
 from app.cli.parser import ANALYSES, build_parser
-from app.cli.sheet import export_best, groups_json, render_contact_sheet, thumbnail_data_uri
+from app.cli.sheet import THUMB_MAX_PIXELS, export_best, groups_json, render_contact_sheet, thumbnail_data_uri
 from app.cli.tasks import TaskRun, check_csv_header, read_task_run, save_crops, task_row
 from app.cli.writer import OutputLock, Writer, load_done
 
@@ -235,10 +235,14 @@ async def run_cluster(args: argparse.Namespace) -> int:
     for it in items:
         assert it.path is not None  # a folder's items are files
         path_of[it.key] = it.path
+    companions_of = {it.key: it.companions for it in items if it.companions}
+    companion_keys = {it.key: it.companion_keys for it in items if it.companions}
+    n_files = sum(len(it.files) for it in items)
+    shots_txt = f"{len(items)} shot(s)" + (f" ({n_files} files)" if n_files != len(items) else "")
     t0 = time.perf_counter()
     progress = args.progress
     if progress:
-        print(f"reading {len(items)} images…", file=sys.stderr)
+        print(f"reading {shots_txt}…", file=sys.stderr)
     images = []
     unreadable: list[dict[str, Any]] = []
     for iid, it in zip(ids, items):
@@ -268,22 +272,24 @@ async def run_cluster(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    max_pixels = api.settings.max_image_pixels if api.settings is not None else THUMB_MAX_PIXELS
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-        thumbs = dict(zip(ids, tqdm(pool.map(lambda it: thumbnail_data_uri(it.path, args.thumb_size), items),
+        thumbs = dict(zip(ids, tqdm(pool.map(lambda it: thumbnail_data_uri(it.path, args.thumb_size, max_pixels), items),
                                     total=len(items), desc="thumbnails", unit="img", file=sys.stderr,
                                     disable=not progress)))
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     html_path = out.with_name(out.name + ".html")
     json_path = out.with_name(out.name + ".json")
-    html_path.write_text(render_contact_sheet(root, body, key_of, thumbs, elapsed), encoding="utf-8")
-    summary = groups_json(root, body, key_of)
+    html_path.write_text(render_contact_sheet(root, body, key_of, thumbs, elapsed, companion_keys), encoding="utf-8")
+    summary = groups_json(root, body, key_of, companion_keys)
     json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    msg = (f"{len(items)} images → {len(summary['groups'])} group(s), {len(summary['singletons'])} unique, "
+    msg = (f"{shots_txt} → {len(summary['groups'])} group(s), {len(summary['singletons'])} unique, "
            f"{len(summary['failed'])} failed; wrote {html_path} and {json_path}")
     if export_dir:
-        n = export_best(summary["keep"], path_of, export_dir, link=bool(args.link_best))
-        msg += f"; {'linked' if args.link_best else 'copied'} {n} best shot(s) to {export_dir}"
+        shots, files = export_best(summary["keep"], path_of, export_dir, link=bool(args.link_best),
+                                   companions_of_key=companions_of)
+        msg += f"; {'linked' if args.link_best else 'copied'} {shots} best shot(s) ({files} files) to {export_dir}"
     print(msg)
     return EXIT_FAILED if summary["failed"] else EXIT_OK
 

@@ -14,10 +14,16 @@ import sys
 from pathlib import Path
 
 from app.cli.errors import EXIT_CODES_HELP
-from app.cli.manifest import IMAGE_EXTENSIONS
+from app.cli.manifest import IMAGE_EXTENSIONS, PAIR_EXTENSIONS
 from app.cli.tasks import TASKS_CSV_HELP
 from app.cli.writer import CSV_FIELDS
 from app.collections.train import add_arguments as add_train_arguments
+
+#: how a folder is read as shots (both commands' help)
+SHOTS_HELP = ("A camera RAW and a JPEG or HEIC/HEIF with the same name in the same folder (e.g. IMG_0001.CR3 + "
+              "IMG_0001.JPG; " + ", ".join(PAIR_EXTENSIONS) + ", case-insensitive) are one shot, analysed once from "
+              "the JPEG (else the HEIC/HEIF); the RAW is listed as its companion. A RAW alone is analysed from the "
+              "RAW (its embedded preview, or a half-size demosaic).")
 
 ANALYSES = (  # flag name in the API, CLI option, default, help
     ("run_blur", "blur", True, "sharpness: variance of the Laplacian, is_blurry against BLUR_THRESHOLD"),
@@ -76,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "again (images already in PREFIX.jsonl are skipped). A failed image is a row with its error, "
                     "never a stop. With --tasks FILE, a task list runs instead of the analyses: the same run, "
                     "through /v1/tasks/batch (boxes of the prominent person or face, embeddings and ImageNet tags "
-                    "of those regions, whole-image analyses)."),
-        epilog=wrap("CSV columns: " + ", ".join(CSV_FIELDS) + ".") + "\n\n" + wrap(TASKS_CSV_HELP) + "\n\n"
+                    "of those regions, whole-image analyses). " + SHOTS_HELP + " A shot is one row; its companions are "
+                    "in the JSONL's `companions` list and the CSV's `companions` column (;-joined relative paths)."),
+        epilog=wrap("CSV columns: " + ", ".join(CSV_FIELDS) + " (format: the one sniffed from the bytes, e.g. "
+                    "JPEG, HEIF, AVIF, DNG; decoded_from: raw_preview or raw_demosaic for a RAW analysed as such).")
+        + "\n\n" + wrap(TASKS_CSV_HELP) + "\n\n"
         + EXIT_CODES_HELP + """
 examples:
   loupe score ~/photos --out scores
@@ -128,10 +137,14 @@ examples:
                     "model is ready; ranked by the quality score). Writes PREFIX.html, a self-contained contact sheet "
                     "(thumbnails embedded, grouped, the best shot marked, rejected shots greyed with the reason, "
                     "scores under each), and PREFIX.json with the groups. --copy-best / --link-best put the best shot "
-                    "of every group and every unique shot into a folder (keeping the relative paths)."),
+                    "of every group and every unique shot into a folder (keeping the relative paths). " + SHOTS_HELP
+                    + " The sheet lists a shot's companions under its name (thumbnails are JPEGs made by Loupe, so "
+                    "HEIC, AVIF and RAW show too), and --copy-best / --link-best take them along."),
         epilog=wrap("PREFIX.json: {folder, features_used, params, groups: [{group_id, size, best, reason, linked_by, "
-               "members: [{path, rank, is_best, quality_score, ranked_by, rejected_reason}]}], singletons, failed: "
-               "[{path, error}], keep: [the best shots and the unique shots]}.") + "\n\n" + EXIT_CODES_HELP + """
+               "members: [{path, companions, format, decoded_from, rank, is_best, quality_score, ranked_by, "
+               "rejected_reason}]}], singletons, failed: [{path, companions, error}], companions: {path: [the "
+               "shot's other files]}, keep: [the best shots and the unique shots], keep_files: [their files, "
+               "companions included]}.") + "\n\n" + EXIT_CODES_HELP + """
 examples:
   loupe cluster ~/burst --out contact
   loupe cluster ~/trip --copy-best ~/trip-keepers --fast
@@ -141,7 +154,8 @@ examples:
                     help="Output prefix: writes PREFIX.html and PREFIX.json (default: %(default)s).")
     ex = cl.add_mutually_exclusive_group()
     ex.add_argument("--copy-best", type=Path, metavar="DIR",
-                    help="Copy the best shot of each group and every unique shot into DIR (skipped when scanning).")
+                    help="Copy the best shot of each group and every unique shot, with their companions (the RAW "
+                         "of a JPEG), into DIR (skipped when scanning).")
     ex.add_argument("--link-best", type=Path, metavar="DIR", help="Like --copy-best, with symbolic links instead of copies.")
     p = cl.add_argument_group("grouping (the fields of PhotoSetRequest)")
     p.add_argument("--eps", type=float, default=0.08,

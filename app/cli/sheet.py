@@ -4,6 +4,11 @@ Pure presentation of the /v1/cluster/images answer: thumbnails are embedded as
 data URIs so the sheet is one file that can be mailed or archived; the JSON maps
 the API's image ids back to the user's paths; `export_best` copies or links the
 best shot of each group and every unique shot.
+
+A shot may be several files (a RAW beside the JPEG or HEIC it is analysed from): the
+sheet and the JSON list its companions under its name, and the export takes them all.
+Thumbnails are decoded by Loupe itself (`app.imaging.decode`), so HEIC, AVIF and camera
+RAW get a JPEG thumbnail that any browser shows.
 """
 
 from __future__ import annotations
@@ -13,26 +18,30 @@ import html
 import io
 import shutil
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+#: the pixel limit of a thumbnail's decode when the caller gives none (Settings' MAX_IMAGE_PIXELS default)
+THUMB_MAX_PIXELS = 60_000_000
 
-def thumbnail_data_uri(path: Path, size: int = 256) -> str | None:
-    from PIL import Image, ImageOps
+
+def thumbnail_data_uri(path: Path, size: int = 256, max_pixels: int = THUMB_MAX_PIXELS) -> str | None:
+    """A JPEG thumbnail (longest side `size`) of any image Loupe reads, as a data: URI; None when the file cannot
+    be read or decoded (the sheet shows a placeholder).
+
+    The file is decoded the way the service decodes it (`decode_image`: format sniffed from the bytes, EXIF /
+    HEIF orientation applied, alpha on white), asking for at least twice the thumbnail's size, so a large JPEG
+    is decoded reduced and a camera RAW from its embedded preview or a half-size demosaic."""
+    from PIL import Image
+
+    from app.imaging.decode import decode_image
 
     try:
-        with Image.open(path) as opened:
-            opened.draft("RGB", (size * 2, size * 2))
-            im = ImageOps.exif_transpose(opened)
-            if im.mode not in ("RGB", "L"):
-                bg = Image.new("RGB", im.size, (255, 255, 255))
-                rgba = im.convert("RGBA")
-                bg.paste(rgba, mask=rgba.getchannel("A"))
-                im = bg
-            im = im.convert("RGB")
-            im.thumbnail((size, size), Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=82, optimize=True)
+        decoded = decode_image(path.read_bytes(), max_pixels=max_pixels, min_dim=size * 2)
+        im = Image.fromarray(decoded.rgb)
+        im.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=82, optimize=True)
     except Exception:  # noqa: BLE001 - an unreadable file gets a placeholder
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -61,14 +70,20 @@ figcaption{font-size:12px;margin-top:6px}figcaption .name{font-weight:600;overfl
 .scores{color:var(--muted)}.why{color:#9a3412;margin-top:3px}.ph{width:256px;height:160px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888;border-radius:4px}
 .band{display:inline-block;padding:0 6px;border-radius:4px;color:#fff;font-size:11px}
 .very_poor{background:#b91c1c}.poor{background:#c2410c}.decent{background:#a16207}.good{background:#4d7c0f}.excellent{background:#15803d}
-.err{color:#b91c1c}
+.err{color:#b91c1c}.companions{color:var(--muted);overflow-wrap:anywhere}.fmt{color:var(--muted);font-weight:400}
 """
 
 
 def render_contact_sheet(root: Path, resp: dict[str, Any], key_of: dict[str, str], thumbs: dict[str, str | None],
-                         elapsed_s: float) -> str:
+                         elapsed_s: float, companions: dict[str, list[str]] | None = None) -> str:
+    """The HTML sheet. `companions`: key → the relative paths of the shot's other files (listed under its name)."""
     results = {r.get("image_id"): r for r in resp.get("results", []) if isinstance(r, dict)}
+    companions = companions or {}
     esc = html.escape
+
+    def others(key: str) -> str:
+        names = companions.get(key) or []
+        return "".join(f'<div class="companions">+ {esc(PurePosixPath(c).name)}</div>' for c in names)
 
     def figure(image_id: str, member: dict[str, Any] | None, extra_class: str = "") -> str:
         key = key_of.get(image_id, image_id)
@@ -99,15 +114,19 @@ def render_contact_sheet(root: Path, resp: dict[str, Any], key_of: dict[str, str
                   f'sharpness (Laplacian var.) {_fmt(b.get("laplacian_variance"), 1)}'
                   f'{" · blurry" if b.get("is_blurry") else ""}<br>'
                   f'brightness {_fmt(e.get("mean_brightness"), 1)} · {esc(str(e.get("verdict") or "–"))}')
-        return (f'<figure class="{cls.strip()}">{badge}{img}<figcaption><div class="name">{esc(key)}</div>'
-                f'<div class="scores">{scores}</div>{why}</figcaption></figure>')
+        fmt = r.get("format")
+        fmt_html = f' <span class="fmt">({esc(str(fmt))})</span>' if fmt else ""
+        return (f'<figure class="{cls.strip()}">{badge}{img}<figcaption><div class="name">{esc(key)}{fmt_html}</div>'
+                f'{others(key)}<div class="scores">{scores}</div>{why}</figcaption></figure>')
 
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Loupe contact sheet — {esc(str(root))}</title>"
              f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{CONTACT_CSS}</style></head><body>"]
     groups = resp.get("groups", [])
     singles = resp.get("singletons", [])
     failed = resp.get("failed", [])
-    parts.append(f"<h1>Contact sheet: {esc(str(root))}</h1><p class=\"meta\">{len(key_of)} images · {len(groups)} "
+    n_files = len(key_of) + sum(len(companions.get(k) or []) for k in key_of.values())
+    files_txt = f" ({n_files} files)" if n_files != len(key_of) else ""
+    parts.append(f"<h1>Contact sheet: {esc(str(root))}</h1><p class=\"meta\">{len(key_of)} shots{files_txt} · {len(groups)} "
                  f"group(s) of near-duplicates · {len(singles)} unique shot(s) · {len(failed)} failed · features: "
                  f"{esc(', '.join(resp.get('features_used', [])) or '–')} · made by Loupe in {elapsed_s:.1f} s on "
                  f"{datetime.now().strftime('%Y-%m-%d %H:%M')}</p>")
@@ -121,43 +140,65 @@ def render_contact_sheet(root: Path, resp: dict[str, Any], key_of: dict[str, str
                      f'<div class="grid">{"".join(figure(i, None) for i in singles)}</div></section>')
     if failed:
         items = "".join(f'<li><span class="name">{esc(key_of.get(f["image_id"], f["image_id"]))}</span>: '
-                        f'<span class="err">{esc(str((f.get("error") or {}).get("message", "")))}</span></li>' for f in failed)
+                        f'<span class="err">{esc(str((f.get("error") or {}).get("message", "")))}</span>'
+                        f'{others(key_of.get(f["image_id"], f["image_id"]))}</li>' for f in failed)
         parts.append(f'<section aria-labelledby="failed"><h2 id="failed">Could not be read</h2><ul>{items}</ul></section>')
     parts.append("</body></html>")
     return "".join(parts)
 
 
-def groups_json(root: Path, resp: dict[str, Any], key_of: dict[str, str]) -> dict[str, Any]:
-    k = lambda i: key_of.get(i, i)  # noqa: E731
+def groups_json(root: Path, resp: dict[str, Any], key_of: dict[str, str],
+                companions: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The summary: paths are the keys (relative to the folder); `companions` (key → the relative paths of the
+    shot's other files) is given for every member, failure and under "companions" (shots that have some), and
+    "keep_files" lists every file of the kept shots (what --copy-best / --link-best export)."""
+    def k(image_id: str) -> str:
+        return key_of.get(image_id, image_id)
+
+    companions = companions or {}
+    results = {r.get("image_id"): r for r in resp.get("results", []) if isinstance(r, dict)}
     groups = [{
         "group_id": g["group_id"], "size": g.get("size"), "best": k(g["best_image_id"]), "reason": g.get("reason"),
         "linked_by": g.get("linked_by", []),
-        "members": [{"path": k(m["image_id"]), "rank": m.get("rank"), "is_best": m.get("is_best"),
+        "members": [{"path": k(m["image_id"]), "companions": companions.get(k(m["image_id"]), []),
+                     "format": (results.get(m["image_id"]) or {}).get("format"),
+                     "decoded_from": (results.get(m["image_id"]) or {}).get("decoded_from"),
+                     "rank": m.get("rank"), "is_best": m.get("is_best"),
                      "quality_score": m.get("quality_score"), "ranked_by": m.get("ranked_by"),
                      "rejected_reason": m.get("rejected_reason")} for m in g.get("members", [])],
     } for g in resp.get("groups", [])]
     singles = [k(i) for i in resp.get("singletons", [])]
+    keep = [g["best"] for g in groups] + singles
     return {
         "folder": str(root), "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "features_used": resp.get("features_used", []), "params": resp.get("params", {}),
         "groups": groups, "singletons": singles,
-        "failed": [{"path": k(f["image_id"]), "error": f.get("error")} for f in resp.get("failed", [])],
-        "keep": [g["best"] for g in groups] + singles,
+        "failed": [{"path": k(f["image_id"]), "companions": companions.get(k(f["image_id"]), []), "error": f.get("error")}
+                   for f in resp.get("failed", [])],
+        "companions": {key: list(c) for key, c in companions.items() if c},
+        "keep": keep,
+        "keep_files": [f for key in keep for f in (key, *companions.get(key, []))],
     }
 
 
-def export_best(keep: list[str], path_of_key: dict[str, Path], dest: Path, link: bool) -> int:
+def export_best(keep: list[str], path_of_key: dict[str, Path], dest: Path, link: bool,
+                companions_of_key: dict[str, list[Path]] | None = None) -> tuple[int, int]:
+    """Copy (or symlink) every shot of `keep` into `dest` at its relative path, the file analysed and its
+    companions beside it. Returns (shots, files)."""
     dest.mkdir(parents=True, exist_ok=True)
-    n = 0
+    shots = files = 0
     for key in keep:
         src = path_of_key[key]
-        target = dest / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        if link:
-            target.symlink_to(src.resolve())
-        else:
-            shutil.copy2(src, target)
-        n += 1
-    return n
+        parent = PurePosixPath(key).parent
+        for rel, path in [(key, src)] + [((parent / c.name).as_posix(), c) for c in (companions_of_key or {}).get(key, [])]:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            if link:
+                target.symlink_to(path.resolve())
+            else:
+                shutil.copy2(path, target)
+            files += 1
+        shots += 1
+    return shots, files

@@ -3,13 +3,18 @@
 Appending and flushing per image is what makes a run resumable: `load_done`
 reads back which images are already in the JSONL, and `OutputLock` keeps two runs
 from appending to the same files. The CSV carries the key numbers (`flatten`; with
---tasks, tasks.py's `task_row`), the JSONL the full result or error.
+--tasks, tasks.py's `task_row`), the JSONL the full result or error. Both name the
+shot's companions (the RAW beside an analysed JPEG, …): a list in the JSONL, `;`-joined
+in the CSV's `companions` column (plain runs; the --tasks CSV has no such column).
+A CSV written before a column was added gets its header upgraded when resumed.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import IO, Any, TextIO
 from app.cli.errors import UsageError
 from app.cli.manifest import Item
 
-CSV_FIELDS = ("path", "image_id", "width", "height", "laplacian_variance", "is_blurry", "mean_brightness", "verdict",
+CSV_FIELDS = ("path", "image_id", "companions", "format", "decoded_from", "width", "height", "laplacian_variance", "is_blurry", "mean_brightness", "verdict",
               "quality_score", "quality_band", "quality_is_ok", "brisque", "nima", "aesthetic", "aesthetic_laion",
               "faces", "emotions", "error")
 
@@ -42,6 +47,7 @@ def flatten(key: str, image_id: str, result: dict[str, Any] | None, error: dict[
         return "" if v is None else v
 
     row["width"], row["height"] = val(result.get("width_px")), val(result.get("height_px"))
+    row["format"], row["decoded_from"] = val(result.get("format")), val(result.get("decoded_from"))
     if b := ok("blur"):
         row["laplacian_variance"], row["is_blurry"] = val(b.get("laplacian_variance")), val(b.get("is_blurry"))
     if e := ok("exposure"):
@@ -103,6 +109,8 @@ class Writer:
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         mode = "w" if self.fresh else "a"
         new_csv = self.fresh or not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        if not new_csv:
+            upgrade_csv_header(self.csv_path, self.fields)
         self.jsonl = self.jsonl_path.open(mode, encoding="utf-8")
         self.csv_fh = csv_fh = self.csv_path.open(mode, newline="", encoding="utf-8")
         self.csv = csv.DictWriter(csv_fh, fieldnames=self.fields)
@@ -116,11 +124,15 @@ class Writer:
         if error is not None:
             error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
         source = item.url if item.url else str(item.path)
-        line = {"path": item.key, "image_id": item.image_id, "source": source, "error": error, "result": result,
-                "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        companions = item.companion_keys
+        line = {"path": item.key, "image_id": item.image_id, "source": source, "companions": companions,
+                "error": error, "result": result, "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
         self.jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.jsonl.flush()
-        self.csv.writerow(self.row(item.key, item.image_id, result, error))
+        row = self.row(item.key, item.image_id, result, error)
+        if "companions" in self.fields:
+            row["companions"] = ";".join(companions)
+        self.csv.writerow(row)
         self.csv_fh.flush()
         self.rows += 1
         self.failed += error is not None
@@ -130,6 +142,30 @@ class Writer:
             self.jsonl.close()
         if self.csv_fh is not None:
             self.csv_fh.close()
+
+
+def upgrade_csv_header(csv_path: Path, fields: Sequence[str]) -> None:
+    """Before appending to `csv_path`: a header with fewer of `fields` (a CSV written by an older Loupe, before
+    the companions, format and decoded_from columns) is rewritten with `fields`, the old rows kept with the new
+    columns empty; a header with columns that are not in `fields` is a UsageError (another kind of run wrote it)."""
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        if header == list(fields):
+            return
+        if not header or set(header) - set(fields):
+            raise UsageError(f"{csv_path} has other columns ({', '.join(header) or 'none'}) than this run "
+                             f"({', '.join(fields)}); pass --no-resume to start over, or another --out")
+        rows = list(reader)
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields), restval="")
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k in fields} for r in rows)
+    os.replace(tmp, csv_path)
+    added = [f for f in fields if f not in header]
+    print(f"note: {csv_path} gets the new column(s) {', '.join(added)} (empty for the rows written before)",
+          file=sys.stderr)
 
 
 class OutputLock:
