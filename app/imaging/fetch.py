@@ -229,9 +229,16 @@ async def fetch_url(client: httpx.AsyncClient, url: str, settings: Settings) -> 
                     chunks: list[bytes] = []
                     total = 0
                     setting = "MAX_IMAGE_MB, or MAX_RAW_MB for camera RAW"
+                    decided = False
                     async for chunk in response.aiter_bytes():
-                        if not chunks:
-                            limit, setting = settings.byte_limit(chunk)
+                        if not decided and total + len(chunk) >= 16:  # enough of the head to tell a RAW
+                            decided = True
+                            limit, setting = settings.byte_limit(b"".join(chunks) + chunk)
+                            if declared and declared.isdigit() and int(declared) > limit:  # known now: not a RAW
+                                raise ImageTooLarge(
+                                    f"The image is {int(declared)} bytes; the limit is {limit} ({setting}).",
+                                    detail={"declared_bytes": int(declared), "max_bytes": limit},
+                                )
                         total += len(chunk)
                         if total > limit:
                             BYTES_FETCHED.inc(total)

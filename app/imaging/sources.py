@@ -69,7 +69,7 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
         chunk = await upload.read(1 << 20)
         if not chunk:
             break
-        if not chunks:
+        if not chunks:  # a 1 MiB read: the head is all there unless the file is smaller
             max_bytes, setting = settings.byte_limit(chunk)
         total += len(chunk)
         if total > max_bytes:

@@ -450,3 +450,31 @@ def test_regions_errors_are_shown_in_words(regions_page, regions_server, images)
     assert "{" not in text and '"type"' not in text
     assert [u for u, _ in pg.loupe_posts] == [server.base_url + "/v1/tasks"]
     assert_only_local(pg, server)
+
+
+def test_heic_and_raw_are_shown_from_previews_made_by_loupe(page, server, tmp_path):
+    """Chromium shows neither HEIC nor a camera RAW: the page asks POST /v1/preview for a JPEG of each, shows it
+    in the queue and on the result card, and the analyses run on the files themselves."""
+    from tests.factories.formats import dng_bytes, heic_bytes
+
+    heic, dng = tmp_path / "IMG_0001.HEIC", tmp_path / "DSC_0002.DNG"
+    heic.write_bytes(heic_bytes(photo("astronaut"), orientation=6))
+    dng.write_bytes(dng_bytes(photo("coffee")))
+    previews: list[str] = []
+    page.on("response", lambda r: previews.append(r.headers.get("x-loupe-format", "")) if r.url.endswith("/v1/preview") else None)
+    open_page(page, server)
+    page.set_input_files("#file", [str(heic), str(dng)])
+    chips = page.locator("#queue li img")
+    page.wait_for_function("() => [...document.querySelectorAll('#queue li img')].every("
+                           "(i) => i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'))", timeout=TIMEOUT_MS)
+    assert chips.count() == 2 and sorted(previews) == ["DNG", "HEIF"]
+    page.click("#run")
+    page.locator("#results .card .band-pill").nth(1).wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("() => [...document.querySelectorAll('#results .card .figure img')].every("
+                           "(i) => i.complete && i.naturalWidth > 0)", timeout=TIMEOUT_MS)
+    sizes = page.eval_on_selector_all("#results .card .figure img", "els => els.map((i) => [i.naturalWidth, i.naturalHeight])")
+    assert sorted(tuple(s) for s in sizes) == [(512, 512), (600, 400)] or all(max(s) <= 1024 for s in sizes)
+    text = page.locator("#results").inner_text()
+    assert "512 × 512 px" in text and "600 × 400 px" in text
+    assert len(previews) == 2  # one preview per photo, reused by the result card
+    assert_only_local(page, server)
