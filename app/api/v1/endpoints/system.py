@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from app.core.config import API_VERSION, VERSION
 from app.schemas.system import HealthResponse, HealthStatus, ModelStatus, Operation, OperationsResponse, TaskTypeInfo, VersionResponse
 
-_LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "torch", "transformers", "timm",
+_LIBS = ("fastapi", "pydantic", "numpy", "opencv-python-headless", "pillow", "pillow-heif", "rawpy", "torch", "transformers", "timm",
          "deepface", "ai-edge-litert", "scikit-learn", "limits", "litellm")
 
 
