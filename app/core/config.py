@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     allow_model_downloads: bool = False
     torch_bf16: bool = False
+    inference_runtime: Literal["onnxruntime", "openvino", "torch"] = "onnxruntime"  # for the models that export
     brisque_path: str = ""
     niqe_path: str = ""
     nima_technical_path: str = ""

@@ -155,7 +155,7 @@ def test_validation_errors_are_422_envelopes(client):
 
 
 def test_status_envelopes_404_405_415_413_500(client_factory):
-    c = client_factory(raise_server_exceptions=False, max_image_mb=0.3, max_batch_size=2)
+    c = client_factory(raise_server_exceptions=False, max_image_mb=0.3, max_raw_mb=0.3, max_batch_size=2)
     assert_envelope(c.get("/v1/nothing-here"), 404, "not_found")
     assert_envelope(c.get("/v1/analyze"), 405, "method_not_allowed")
     assert_envelope(c.post("/v1/analyze", content=b"abc", headers={"content-type": "text/plain"}), 415)
@@ -325,8 +325,9 @@ def test_gate_is_served_concurrently_without_blocking(live_factory):
 
 def test_body_caps_by_endpoint_with_and_without_content_length(live_factory):
     """A single-image endpoint takes one image's worth of body, a batch a batch's; a chunked body with no
-    Content-Length is cut at the same cap with a 413 in the envelope (it used to be a 500)."""
-    server = live_factory(max_image_mb=1, max_batch_size=4)
+    Content-Length is cut at the same cap with a 413 in the envelope (it used to be a 500). The cap is one image
+    of the larger of MAX_IMAGE_MB and MAX_RAW_MB (here both 1)."""
+    server = live_factory(max_image_mb=1, max_raw_mb=1, max_batch_size=4)
     per_image = (1 << 20) * 4 // 3 + (64 << 10) + (1 << 20)
     big = b"x" * (per_image + 4096)
 

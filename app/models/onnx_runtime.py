@@ -1,0 +1,154 @@
+"""ONNX Runtime / OpenVINO for the neural models: the exported graph, cached next to its source, and one session.
+
+`INFERENCE_RUNTIME` picks the runtime: `onnxruntime` (default), `openvino`, or `torch` (eager PyTorch, the
+reference). An adapter that supports the first two keeps its torch module only to export it:
+
+1. `ensure_onnx(source, dest, export)`: `dest` (e.g. `NIMA_koniq-250367ae.nima_technical.onnx` beside the `.pth`) is used
+   when its metadata names the SHA-256 of `source` (the published weights) and the adapter; otherwise `export(tmp)` writes
+   it again (torch is imported for this step only), the hash is stamped into the model's metadata and the
+   file is moved into place atomically. A changed source is therefore re-exported on its next load;
+   `scripts/download_models.py` exports right after downloading, so a server never pays for it.
+2. `Session(path, runtime, threads)`: one inference session, its intra-op threads set so that the analysis
+   pool's workers and the runtime do not oversubscribe the cores (`torch_threads_for`: cores / workers).
+
+The graphs are exported in fp32 from the same modules the torch runtime runs, with a dynamic batch axis;
+tests/unit/test_onnx_runtime.py checks each model's outputs against torch on real photos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("loupe.models")
+
+RUNTIMES = ("onnxruntime", "openvino", "torch")
+SOURCE_KEY = "loupe.source_sha256"
+OPSET = 17
+
+_export_lock = threading.Lock()
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, or of a folder's files (names and contents, sorted), cached by path, size and mtime."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix != ".onnx" and ".onnx" not in p.name) \
+        if path.is_dir() else [path]
+    stat_key = (str(path), sum(p.stat().st_size for p in files), max((p.stat().st_mtime_ns for p in files), default=0))
+    if stat_key in _sha_cache:
+        return _sha_cache[stat_key]
+    h = hashlib.sha256()
+    for p in files:
+        if path.is_dir():
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    _sha_cache[stat_key] = h.hexdigest()
+    return _sha_cache[stat_key]
+
+
+def stamped_source(onnx_file: Path) -> str | None:
+    """The source hash stamped into an exported graph's metadata (None: absent or unreadable)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_file), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file is re-exported
+        return None
+    return next((p.value for p in model.metadata_props if p.key == SOURCE_KEY), None)
+
+
+def ensure_onnx(source: Path, dest: Path, export: Callable[[Path], None], what: str) -> Path:
+    """`dest`, exported from `source` by `export(path)` unless it already holds this source's export as `what`
+    (the adapter: one file may be exported by two adapters, and a checkpoint of the wrong kind must still be
+    refused by the export's own checks)."""
+    sha = f"{sha256_of(source)} {what}"
+    with _export_lock:
+        if dest.is_file() and stamped_source(dest) == sha:
+            return dest
+        import onnx
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        log.info("exporting %s to ONNX (%s)", source, dest.name)
+        try:
+            export(tmp)
+            model = onnx.load(str(tmp))
+            del model.metadata_props[:]
+            entry = model.metadata_props.add()
+            entry.key, entry.value = SOURCE_KEY, sha
+            onnx.save(model, str(tmp))
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+
+def onnx_file_for(source: Path, what: str) -> Path:
+    """Where a source's export for adapter `what` is cached: beside it (`weights.pth` → `weights.<what>.onnx`; a
+    folder → `folder/<what>.onnx`), or under the user's cache folder when that place is read-only (a mounted
+    model volume)."""
+    source = Path(source)
+    beside = source / f"{what}.onnx" if source.is_dir() else source.with_name(f"{source.stem}.{what}.onnx")
+    if os.access(beside.parent, os.W_OK):
+        return beside
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loupe" / "onnx"
+    return cache / f"{hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]}-{beside.name}"
+
+
+def export_module(module: Any, example: Sequence[Any], dest: Path, input_names: Sequence[str],
+                  output_names: Sequence[str]) -> None:
+    """torch.onnx export of `module` (eval, fp32) with a dynamic batch axis on every input and output."""
+    import torch
+
+    axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    with torch.inference_mode():
+        torch.onnx.export(module, tuple(example), str(dest), input_names=list(input_names),
+                          output_names=list(output_names), dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+class Session:
+    """One exported graph on ONNX Runtime or OpenVINO (CPU), run with named numpy inputs."""
+
+    def __init__(self, path: Path, runtime: str, threads: int):
+        if runtime not in ("onnxruntime", "openvino"):
+            raise ValueError(f"not an ONNX runtime: {runtime!r}")
+        self.path, self.runtime, self.threads = Path(path), runtime, max(1, int(threads))
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._ort = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.input_names = [i.name for i in self._ort.get_inputs()]
+            self.output_names = [o.name for o in self._ort.get_outputs()]
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            model = core.read_model(str(path))
+            # f32: OpenVINO would pick bf16 by itself on CPUs with AVX512-BF16/AMX (outputs then move by ~1e-4)
+            self._ov = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads,
+                                                         "PERFORMANCE_HINT": "LATENCY",
+                                                         "INFERENCE_PRECISION_HINT": "f32"})
+            self.input_names = [i.get_any_name() for i in self._ov.inputs]
+            self.output_names = [o.get_any_name() for o in self._ov.outputs]
+
+    def run(self, **inputs: np.ndarray) -> list[np.ndarray]:
+        """The outputs, in the graph's order. Thread-safe (OpenVINO: one infer request per call)."""
+        if self.runtime == "onnxruntime":
+            return [np.asarray(o) for o in self._ort.run(None, inputs)]
+        request = self._ov.create_infer_request()
+        result = request.infer(inputs)
+        return [np.asarray(result[out]) for out in self._ov.outputs]
