@@ -73,7 +73,12 @@ def bench_images(n: int = 16) -> list[bytes]:
     return out
 
 
-def bench_models(args) -> dict:
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def measure(model_dir: Path, runtime: str) -> dict:
+    """Every analysis with every model loaded on `runtime` (INFERENCE_RUNTIME), in this process: ms per image at
+    batch 16 and 1, the per-image sequential baseline, the stage times and this process's peak RSS."""
     from concurrent.futures import ThreadPoolExecutor
 
     from app.core.config import Settings
@@ -84,94 +89,123 @@ def bench_models(args) -> dict:
     from app.schemas.common import RunFlags
     from app.services.orchestrator import Orchestrator
 
-    tmp = Path(tempfile.mkdtemp(prefix="loupe-bench-models-"))
-    try:
-        import json
-        import subprocess
+    settings = Settings(_env_file=None, model_dir=model_dir, log_level="WARNING", inference_runtime=runtime)
+    images = bench_images(16)
+    flags = RunFlags(run_blur=True, run_exposure=True, run_quality=True, run_aesthetic=True,
+                     run_emotion=True, run_embedding=True, run_faces=True)
+
+    async def run() -> dict:
+        pool = ThreadPoolExecutor(settings.threads)
+        registry = ModelRegistry(settings, pool)
+        client = make_client(settings)
+        orch = Orchestrator(settings, registry, pool, client)
+        t0 = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(pool, lambda: [registry.load(n) for n in registry.names()])
+        load_s = time.perf_counter() - t0
+        states = {n: registry.info(n).state.value for n in registry.names()}
+        sources = lambda: [ImageSource(image_id=str(i), data=d) for i, d in enumerate(images)]  # noqa: E731
+        await orch.analyze(sources()[:4], flags)  # warm-up
+        runs = []
+        for _ in range(3):  # median of 3: the machine's noise is larger than the effects measured
+            t0 = time.perf_counter()
+            res16 = await orch.analyze(sources(), flags)
+            runs.append((time.perf_counter() - t0) * 1000 / len(images))
+        b16 = sorted(runs)[1]
+        shares: dict[str, float] = {}
+        for r in res16:
+            for k, v in r.timings_ms.items():
+                shares[k] = shares.get(k, 0.0) + v / len(res16)
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for src in sources():
+                await orch.analyze([src], flags)
+            runs.append((time.perf_counter() - t0) * 1000 / len(images))
+        b1 = sorted(runs)[1]
+
+        # baseline: a per-image sequential pipeline — each analysis decodes the file itself and
+        # runs its model on that one image (no shared decode, no batching)
+        def sequential() -> float:
+            t = time.perf_counter()
+            for data in images:
+                for name in registry.names():
+                    if name == "laion_aesthetic":
+                        continue
+                    img = decode_image(data, max_pixels=settings.max_image_pixels)
+                    with registry.lease(name) as adapter:
+                        adapter.predict([adapter.prepare(img)])
+                img = decode_image(data, max_pixels=settings.max_image_pixels)
+                orch.gate_sync(img)
+            return (time.perf_counter() - t) * 1000 / len(images)
+
+        seq = await asyncio.get_running_loop().run_in_executor(pool, sequential)
+        errors = sorted({f"{k}: {getattr(getattr(r, k), 'error', None).message}" for r in res16
+                         for k in ("quality", "aesthetic", "emotion", "embedding", "faces")
+                         if getattr(r, k) is not None and getattr(r, k).status != "ok"})
+        scores = [[r.quality.nima_technical if r.quality else None,
+                   r.aesthetic.nima_score if r.aesthetic else None] for r in res16]
+        await client.aclose()
+        registry.shutdown()
+        pool.shutdown()
         import sys
 
+        return {"runtime": runtime, "load_s": load_s, "states": states, "batch16_ms": b16, "batch1_ms": b1,
+                "sequential_ms": seq, "errors": errors, "batch16_stage_ms": shares, "peak_rss_mib": peak_rss_mib(),
+                "torch_imported": "torch" in sys.modules, "scores": scores}
+
+    return asyncio.run(run())
+
+
+def bench_models(args) -> dict:
+    """Each runtime in a fresh process (so that each peak RSS is its own), side by side, against torch."""
+    import json
+    import subprocess
+    import sys
+
+    tmp = Path(tempfile.mkdtemp(prefix="loupe-bench-models-"))
+    try:
         code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]); "
                 "from scripts.bench_models import build_model_dir; print(json.dumps(build_model_dir(Path(sys.argv[1]))))")
         proc = subprocess.run([sys.executable, "-c", code, str(tmp), str(ROOT)], capture_output=True, text=True,
                               check=True, cwd=ROOT)
         notes = json.loads(proc.stdout.strip().splitlines()[-1])
-        settings = Settings(_env_file=None, model_dir=tmp, log_level="WARNING")
-        images = bench_images(16)
-        flags = RunFlags(run_blur=True, run_exposure=True, run_quality=True, run_aesthetic=True,
-                         run_emotion=True, run_embedding=True, run_faces=True)
-        print("\n## models: every analysis on, 16 real photos as ~1080p JPEGs")
+        print("\n## models: every analysis on, 16 real photos as ~1080p JPEGs, each runtime in a fresh process")
         for note in notes:
             print(f"  - {note}")
-
-        async def run() -> dict:
-            pool = ThreadPoolExecutor(settings.threads)
-            registry = ModelRegistry(settings, pool)
-            client = make_client(settings)
-            orch = Orchestrator(settings, registry, pool, client)
-            t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(pool, lambda: [registry.load(n) for n in registry.names()])
-            load_s = time.perf_counter() - t0
-            states = {n: registry.info(n).state.value for n in registry.names()}
-            sources = lambda: [ImageSource(image_id=str(i), data=d) for i, d in enumerate(images)]  # noqa: E731
-            await orch.analyze(sources()[:4], flags)  # warm-up
-            # batch 16: one request
-            runs = []
-            for _ in range(3):  # median of 3: the machine's noise is larger than the effects measured
-                t0 = time.perf_counter()
-                res16 = await orch.analyze(sources(), flags)
-                runs.append((time.perf_counter() - t0) * 1000 / len(images))
-            b16 = sorted(runs)[1]
-            shares: dict[str, float] = {}
-            for r in res16:
-                for k, v in r.timings_ms.items():
-                    shares[k] = shares.get(k, 0.0) + v / len(res16)
-            # batch 1: one request per image
-            runs = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                for s in sources():
-                    await orch.analyze([s], flags)
-                runs.append((time.perf_counter() - t0) * 1000 / len(images))
-            b1 = sorted(runs)[1]
-
-            # baseline: a per-image sequential pipeline — each analysis decodes the file itself and
-            # runs its model on that one image (no shared decode, no batching)
-            def sequential() -> float:
-                t = time.perf_counter()
-                for data in images:
-                    for name in registry.names():
-                        if name == "laion_aesthetic":
-                            continue
-                        img = decode_image(data, max_pixels=settings.max_image_pixels)
-                        with registry.lease(name) as adapter:
-                            adapter.predict([adapter.prepare(img)])
-                    img = decode_image(data, max_pixels=settings.max_image_pixels)
-                    orch.gate_sync(img)
-                return (time.perf_counter() - t) * 1000 / len(images)
-
-            seq = await asyncio.get_running_loop().run_in_executor(pool, sequential)
-            errors = sorted({f"{k}: {getattr(getattr(r, k), 'error', None).message}" for r in res16
-                             for k in ("quality", "aesthetic", "emotion", "embedding", "faces")
-                             if getattr(r, k) is not None and getattr(r, k).status != "ok"})
-            await client.aclose()
-            registry.shutdown()
-            pool.shutdown()
-            return {"load_s": load_s, "states": states, "batch16_ms": b16, "batch1_ms": b1, "sequential_ms": seq,
-                    "errors": errors, "batch16_stage_ms": shares}
-
-        out = asyncio.run(run())
-        print(f"  model states: {out['states']}  (all loaded in {out['load_s']:.1f} s)")
-        for e in out["errors"]:
-            print(f"  !! {e}")
-        seq = out["sequential_ms"]
-        print(f"{'variant':58s} {'ms/image':>9s} {'speed-up':>9s}")
-        print(f"{'baseline: per-image sequential pipeline (decode per analysis)':58s} {seq:9.1f} {1.0:9.2f}")
-        print(f"{'loupe, batch 1 (one request per image), median of 3':58s} {out['batch1_ms']:9.1f} {seq / out['batch1_ms']:9.2f}")
-        print(f"{'loupe, batch 16 (one request), median of 3':58s} {out['batch16_ms']:9.1f} {seq / out['batch16_ms']:9.2f}")
-        stages = ", ".join(f"{k[:-3]} {v:.0f}" for k, v in sorted(out["batch16_stage_ms"].items(), key=lambda kv: -kv[1]))
-        print(f"  batch 16, time per image by stage (ms; models run side by side, so these overlap): {stages}")
-        out["peak_rss_mib"] = peak_rss_mib()
-        print(f"peak RSS with all models loaded: {out['peak_rss_mib']:.0f} MiB")
-        return out
+        runtimes = [r for r in getattr(args, "runtimes", None) or RUNTIMES]
+        results: dict[str, dict] = {}
+        run_code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); "
+                    "from scripts.bench_models import measure; "
+                    "print('RESULT ' + json.dumps(measure(Path(sys.argv[1]), sys.argv[2])))")
+        for runtime in runtimes:
+            proc = subprocess.run([sys.executable, "-c", run_code, str(tmp), runtime, str(ROOT)], capture_output=True,
+                                  text=True, cwd=ROOT)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"  !! {runtime} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            results[runtime] = json.loads(line[len("RESULT "):])
+        base = results.get("torch")
+        print(f"{'runtime':12s} {'load s':>7s} {'batch 16':>9s} {'x torch':>8s} {'batch 1':>8s} {'x torch':>8s} "
+              f"{'sequential':>10s} {'peak RSS':>9s} {'torch in memory':>16s}")
+        for name, r in results.items():
+            x16 = base["batch16_ms"] / r["batch16_ms"] if base else float("nan")
+            x1 = base["batch1_ms"] / r["batch1_ms"] if base else float("nan")
+            print(f"{name:12s} {r['load_s']:7.1f} {r['batch16_ms']:9.1f} {x16:8.2f} {r['batch1_ms']:8.1f} {x1:8.2f} "
+                  f"{r['sequential_ms']:10.1f} {r['peak_rss_mib']:8.0f}M {str(r['torch_imported']):>16s}")
+            for e in r["errors"]:
+                print(f"  !! {name}: {e}")
+        for name, r in results.items():
+            stages = ", ".join(f"{k[:-3]} {v:.0f}" for k, v in sorted(r["batch16_stage_ms"].items(), key=lambda kv: -kv[1]))
+            print(f"  {name}, batch 16, ms per image by stage (overlapping): {stages}")
+        if base:
+            ref = np.array([[np.nan if v is None else v for v in row] for row in base["scores"]], dtype=float)
+            for name, r in results.items():
+                if name == "torch":
+                    continue
+                got = np.array([[np.nan if v is None else v for v in row] for row in r["scores"]], dtype=float)
+                rel = np.nanmax(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-12)) if np.isfinite(ref).any() else float("nan")
+                print(f"  {name}: NIMA scores' largest relative difference to torch over the 16 photos: {rel:.2e}")
+        return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, help="copy from this local folder instead of downloading")
     parser.add_argument("--model-dir", type=Path, help="override MODEL_DIR")
     parser.add_argument("--list", action="store_true", help="show each model's path and whether its files are there")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export of the models INFERENCE_RUNTIME "
+                        "runs on ONNX Runtime / OpenVINO (otherwise done here, so that a server never pays for it)")
     args = parser.parse_args()
 
     overrides = {"model_dir": args.model_dir} if args.model_dir else {}
@@ -100,7 +102,7 @@ def main() -> int:
             failures += message.startswith("not found")
             print(f"{name:16s} {message}")
             continue
-        print(f"{name:16s} downloading from {cls.source} into {path}")
+        print(f"{name:16s} downloading from {cls.source} into {path}")  # (its ONNX export follows, below)
         try:
             if name == "clip":
                 from app.models.clip import is_hub_id
@@ -126,7 +128,32 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             failures += 1
             print(f"{name:16s} FAILED: {type(exc).__name__}: {exc}")
+    if not args.list and not args.no_export:
+        failures += export_onnx(names, settings)
     return 1 if failures else 0
+
+
+def export_onnx(names: list[str], settings: Settings) -> int:
+    """Load every model that exports to ONNX (its adapter has `export_onnx`) once with the configured runtime,
+    which writes its graph beside the weights (`app.models.onnx_runtime.ensure_onnx`). Returns the failures."""
+    if settings.inference_runtime == "torch":
+        return 0
+    failures = 0
+    for name in names:
+        cls = adapter_class(name)
+        if not hasattr(cls, "export_onnx"):
+            continue
+        adapter = cls(settings)
+        path = adapter.resolve_path()
+        if not path.exists():
+            continue
+        try:
+            adapter.load(path, "cpu")
+            print(f"{name:16s} ONNX graph ready for {settings.inference_runtime}")
+        except Exception as exc:  # noqa: BLE001
+            failures += 1
+            print(f"{name:16s} ONNX export FAILED: {type(exc).__name__}: {exc}")
+    return failures
 
 
 if __name__ == "__main__":
