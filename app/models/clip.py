@@ -13,18 +13,36 @@ tokenizer files (`tokenizer.json` and/or `vocab.json` + `merges.txt`,
 raises ModelNotFound, unless `ALLOW_MODEL_DOWNLOADS=true` and the name is a hub
 id, in which case it is downloaded there first.
 
-Image preprocessing is done here (torch/torchvision, no processor call per image)
-with the parameters of the folder's `preprocessor_config.json`, reproducing
-transformers' default (torchvision) `CLIPImageProcessor`: shortest side → 224
-bicubic (antialiased, on uint8), centre crop 224 (floor offsets), /255, CLIP
-mean/std.
+Image preprocessing is done here (no processor call per image) with the parameters of
+the folder's `preprocessor_config.json`, reproducing transformers' default
+(torchvision) `CLIPImageProcessor`: shortest side → 224 bicubic (antialiased, on
+uint8), centre crop 224 (floor offsets), /255, CLIP mean/std. `clip_pixel_values`
+runs torchvision's ops (the torch runtime, the reference); `clip_pixel_values_np` is
+the same computation in numpy (torch's integer resampling kernel, ported), bit for bit
+equal to it on the tests' photos and random sizes, for the ONNX runtimes.
+
+`INFERENCE_RUNTIME` (`app.models.onnx_runtime`) picks how the towers run:
+
+* `onnxruntime` (default) / `openvino`: two graphs exported from the folder once and
+  cached in it (`clip_image.onnx`: pixel_values (N, 3, 224, 224) → the projected image
+  embedding; `clip_text.onnx`: input_ids + attention_mask (N, L), batch and sequence
+  dynamic → the projected text embedding), stamped with the SHA-256 of the folder's
+  files, so changed weights are exported again on the next load. torch is used for the
+  export only; transformers still supplies the tokenizer and reads the configs.
+* `torch`: `CLIPModel` in eager PyTorch, as before (CUDA, bf16 autocast).
+
+Both give the embedding before L2 normalisation (`image_features` / `text_features`);
+`predict` / `embed_text` normalise it. The LAION head is one dot product in numpy on
+every runtime (its checkpoint is read with torch.load at load time).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,6 +53,7 @@ from app.imaging.decode import DecodedImage
 from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, hub_snapshot
+from app.models.onnx_runtime import OPSET, Session, ensure_onnx, export_module, onnx_file_for
 from app.models.outputs import Output
 from app.models.torch_runtime import (
     autocast,
@@ -43,6 +62,7 @@ from app.models.torch_runtime import (
     l2_normalize,
     resolve_device,
     source_rgb,
+    torch_threads_for,
     uint8_chw_tensor,
 )
 
@@ -127,6 +147,153 @@ def clip_pixel_values(
     return ((t - m) / s).contiguous().numpy()
 
 
+# torch's uint8 antialiased bicubic resize (aten/src/ATen/native/cpu/UpSampleKernel.cpp, the kernel torchvision's
+# `resize` runs on uint8 input), in numpy: per output index the Keys cubic (a = -0.5) widened by the scale when
+# reducing, normalised in float64, rounded to int16 at the largest precision (bits) at which the axis's largest
+# weight still fits; each output is an integer dot product plus half an LSB, shifted down and clamped to 0..255.
+# The width is resampled first, then the height (the uint8 result in between, as torch does).
+
+
+def _keys_cubic(x: np.ndarray) -> np.ndarray:
+    a = -0.5
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _aa_bicubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """One axis: input indices (out, taps), int32 weights (out, taps) and their precision in bits
+    (`_compute_indices_min_size_weights_aa` + `_compute_index_ranges_int16_weights`, align_corners False)."""
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    taps = int(math.ceil(support)) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size, dtype=np.float64) + 0.5)
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++'s cast: truncation
+    xsize = np.clip(np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin, 0, taps)
+    j = np.arange(taps)
+    w = _keys_cubic((j[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
+    w = np.where(j[None, :] < xsize[:, None], w, 0.0)
+    total = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0.0)
+    wt_max = float(w.max(initial=0.0))
+    precision = 0
+    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    v = w * (1 << precision)
+    weights = np.trunc(v + np.where(v < 0, -0.5, 0.5)).astype(np.int32)
+    return np.minimum(xmin[:, None] + j[None, :], in_size - 1), weights, precision
+
+
+def _aa_bicubic_rows(x: np.ndarray, out_size: int, start: int, count: int) -> np.ndarray:
+    """Outputs `start:start+count` of resizing axis 0 of uint8 `x` (in, ...) to `out_size` (the other
+    outputs are not computed: each output only depends on its own weights)."""
+    idx, w, precision = _aa_bicubic_taps(x.shape[0], out_size)
+    idx, w = idx[start:start + count], w[start:start + count]
+    acc = np.full((count, *x.shape[1:]), 1 << (precision - 1), np.int32)  # < 2**31 for any scale
+    term = np.empty_like(acc)
+    shape = (count,) + (1,) * (x.ndim - 1)
+    for k in np.flatnonzero(np.any(w != 0, axis=0)):
+        np.multiply(w[:, k].reshape(shape), x[idx[:, k]], out=term)
+        acc += term
+    np.right_shift(acc, precision, out=acc)
+    return np.clip(acc, 0, 255).astype(np.uint8)
+
+
+def resize_bicubic_aa_uint8(rgb: np.ndarray, size: tuple[int, int],
+                            box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """HxWx3 uint8 → the (top, left, height, width) `box` (default: all) of its resize to `size` (h, w),
+    equal to torchvision's `resize(..., BICUBIC, antialias=True)` on the uint8 tensor."""
+    h, w = size
+    top, left, bh, bw = box if box is not None else (0, 0, h, w)
+    x = np.asarray(rgb, dtype=np.uint8)
+    if x.shape[1] != w:
+        x = _aa_bicubic_rows(np.ascontiguousarray(x.transpose(1, 0, 2)), w, left, bw).transpose(1, 0, 2)
+    else:
+        x = x[:, left:left + bw]
+    if x.shape[0] != h:
+        x = _aa_bicubic_rows(np.ascontiguousarray(x), h, top, bh)
+    else:
+        x = x[top:top + bh]
+    return np.ascontiguousarray(x)
+
+
+def clip_pixel_values_np(
+    rgb: np.ndarray,
+    *,
+    shortest_edge: int = 224,
+    crop: tuple[int, int] = (224, 224),
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    """`clip_pixel_values` without torch: the same sizes, resampling, padding, crop and float32 arithmetic
+    (tests/unit/test_onnx_clip.py checks the two are equal). float32 (3, h, w)."""
+    h, w = rgb.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    new_h, new_w = (new_long, new_short) if w <= h else (new_short, new_long)
+    ch, cw = crop
+    if ch <= new_h and cw <= new_w:  # the usual case: only the crop is resampled
+        top, left = int((new_h - ch) / 2.0), int((new_w - cw) / 2.0)
+        t = resize_bicubic_aa_uint8(rgb, (new_h, new_w), (top, left, ch, cw))
+    else:  # extreme aspect ratios: zero padding as in clip_pixel_values, then the crop
+        t = resize_bicubic_aa_uint8(rgb, (new_h, new_w))
+        pad_t = (ch - new_h) // 2 if ch > new_h else 0
+        pad_l = (cw - new_w) // 2 if cw > new_w else 0
+        pad_b = (ch - new_h + 1) // 2 if ch > new_h else 0
+        pad_r = (cw - new_w + 1) // 2 if cw > new_w else 0
+        t = np.pad(t, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)))
+        top, left = int((t.shape[0] - ch) / 2.0), int((t.shape[1] - cw) / 2.0)
+        t = t[top:top + ch, left:left + cw]
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
+    return np.ascontiguousarray((t.transpose(2, 0, 1).astype(np.float32) - m) / s, dtype=np.float32)
+
+
+@contextmanager
+def _quiet_trace() -> Iterator[None]:
+    """Without the tracer's warnings about the Python values it freezes into the CLIP graphs: the image size
+    (fixed by the model), `seq_length > max_position_embeddings` (the tokenizer truncates to it), whether an
+    attention mask is given (always) and the mask's padding length (0: the mask is as long as the ids); and
+    the exporter's note that negative indices would break the pooling's gather (they are an arange and an
+    argmax)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+        yield
+
+
+def build_clip_towers(model: CLIPModel) -> tuple[Any, Any]:
+    """The two modules the ONNX graphs are exported from: exactly what the torch runtime computes,
+    `visual_projection(vision_model(pixel_values).pooler_output)` and
+    `text_projection(text_model(input_ids, attention_mask).pooler_output)` (before L2 normalisation)."""
+    from torch import nn
+
+    class ClipImageTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision_model, self.visual_projection = model.vision_model, model.visual_projection
+
+        def forward(self, pixel_values):
+            return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+    class ClipTextTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_model, self.text_projection = model.text_model, model.text_projection
+
+        def forward(self, input_ids, attention_mask):
+            out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+            return self.text_projection(out.pooler_output)
+
+    return ClipImageTower().eval(), ClipTextTower().eval()
+
+
 class ClipAdapter(ModelAdapter):
     name: ClassVar[str] = "clip"
     title: ClassVar[str] = "CLIP image/text embeddings (transformers CLIPModel)"
@@ -139,7 +306,10 @@ class ClipAdapter(ModelAdapter):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.model: CLIPModel | None = None
+        self.image_session: Session | None = None
+        self.text_session: Session | None = None
         self.tokenizer: CLIPTokenizer | None = None
+        self.folder: Path | None = None
         self.model_name: str = settings.clip_model_name
         self.dim: int | None = None
         self.shortest_edge = 224
@@ -171,9 +341,60 @@ class ClipAdapter(ModelAdapter):
         return Path(dest).expanduser()
 
     # -- lifecycle -----------------------------------------------------------------
-    def load(self, path: Path, device: str) -> None:
+    @staticmethod
+    def build(path: Path) -> CLIPModel:
+        """The folder's CLIPModel in fp32, eval (the torch runtime, and the ONNX export)."""
         import torch
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        return model.eval().requires_grad_(False)
+
+    def export_onnx(self, path: Path, tokenizer: Any = None) -> tuple[Path, Path]:
+        """The folder's two ONNX graphs, exported when missing or made from other files
+        (`onnx_runtime.ensure_onnx`, keyed by the SHA-256 of the folder's files):
+
+        * `clip_image.onnx`: `pixel_values` (N, 3, S, S) float32 → `embedding` (N, dim);
+        * `clip_text.onnx`: `input_ids`, `attention_mask` (N, L) int64, N and L dynamic → `embedding` (N, dim).
+
+        The text graph is traced on a padded batch of two texts, so the padding mask takes the same path as in
+        a real batch (the pads follow the end token, whose state is the output: under the causal mask they do
+        not reach it either way; tests/unit/test_onnx_clip.py compares padded and lone texts with torch)."""
+        path = Path(path)
+        built: list[CLIPModel] = []
+
+        def towers() -> tuple[Any, Any]:
+            if not built:
+                built.append(self.build(path))
+            return build_clip_towers(built[0])
+
+        def export_image(dest: Path) -> None:
+            import torch
+
+            tower = towers()[0]
+            size = int(getattr(built[0].config.vision_config, "image_size", 224))  # the graph's fixed height and width
+            with _quiet_trace():
+                export_module(tower, [torch.zeros(1, 3, size, size)], dest, ["pixel_values"], ["embedding"])
+
+        def export_text(dest: Path) -> None:
+            import torch
+            from transformers import CLIPTokenizer
+
+            tok = tokenizer or CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+            example = tok(["a photo of a cat on a mat", "a"], padding=True, return_tensors="pt")
+            axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                    "embedding": {0: "batch"}}
+            with torch.inference_mode(), _quiet_trace():
+                torch.onnx.export(towers()[1], (example["input_ids"], example["attention_mask"]), str(dest),
+                                  input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                                  dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+        image = ensure_onnx(path, onnx_file_for(path, "clip_image"), export_image, "clip_image")
+        text = ensure_onnx(path, onnx_file_for(path, "clip_text"), export_text, "clip_text")
+        return image, text
+
+    def load(self, path: Path, device: str) -> None:
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
         path = Path(path)
         name = self.settings.clip_model_name.strip()
@@ -191,16 +412,24 @@ class ClipAdapter(ModelAdapter):
                     f"CLIP model files (config.json + model.safetensors/pytorch_model.bin) not found at {path} "
                     f"(CLIP_MODEL_NAME={name!r}); {how}"
                 )
-        configure_torch_threads(self.settings)
-        device = resolve_device(device, as_given=True)
-        model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-        model.eval().requires_grad_(False).to(device)
+        runtime = self.settings.inference_runtime
+        model = None
+        if runtime == "torch":
+            configure_torch_threads(self.settings)
+            device = resolve_device(device, as_given=True)
+            model = self.build(path)
+            net: Any = model  # transformers types `to` as a wrapper mypy cannot call
+            net.to(device)  # in place (nn.Module.to)
+            config = model.config
+        else:
+            config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
+            device = "cpu"
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
             raise ModelNotFound(f"CLIP tokenizer files not found or unreadable in {path}: {exc}") from exc
         # CLIPConfig turns dict sub-configs into their classes, and CLIPModel sizes its projections from projection_dim
-        vision, text, dim = model.config.vision_config, model.config.text_config, model.config.projection_dim
+        vision, text, dim = config.vision_config, config.text_config, config.projection_dim
         assert isinstance(vision, CLIPVisionConfig) and isinstance(text, CLIPTextConfig) and dim is not None
         self.shortest_edge, self.crop = 224, (224, 224)
         self.mean, self.std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -215,49 +444,77 @@ class ClipAdapter(ModelAdapter):
         else:
             size = _size_value(vision.image_size) or 224
             self.shortest_edge, self.crop = size, (size, size)
-        self.model, self.tokenizer, self.device = model, tokenizer, device
+        if model is None:
+            image_graph, text_graph = self.export_onnx(path, tokenizer)
+            threads = torch_threads_for(self.settings)
+            self.image_session = Session(image_graph, runtime, threads)
+            self.text_session = Session(text_graph, runtime, threads)
+        self.model, self.tokenizer, self.device, self.folder = model, tokenizer, device, path
         self.dim = int(dim)
         self.max_text_len = int(text.max_position_embeddings)
         self.model_name = name
-        self.bf16 = bf16_wanted(self.settings, device)
+        self.bf16 = model is not None and bf16_wanted(self.settings, device)
 
     # -- inference -------------------------------------------------------------------
     def prepare(self, image: DecodedImage) -> np.ndarray:
-        """float32 (3, 224, 224) pixel_values, cached on the image."""
-        key = ("clip_pixels", self.shortest_edge, self.crop, self.mean, self.std)
+        """float32 (3, 224, 224) pixel_values, cached on the image: torchvision's ops whenever torch is in memory
+        (1.3 ms a photo), else their numpy port (bit-identical, about 5 ms): the ONNX runtimes never need torch."""
+        import sys
+
+        on_torch = self.image_session is None or "torch" in sys.modules
+        key = ("clip_pixels" if on_torch else "clip_pixels_np", self.shortest_edge, self.crop, self.mean, self.std)
+        pixels = clip_pixel_values if on_torch else clip_pixel_values_np
+
         def rgb() -> np.ndarray:
             return source_rgb(image, self.shortest_edge, self.settings.analysis_max_dim)
 
         return image.cached(
             key,
-            lambda: clip_pixel_values(
-                rgb(), shortest_edge=self.shortest_edge, crop=self.crop, mean=self.mean, std=self.std
-            ),
+            lambda: pixels(rgb(), shortest_edge=self.shortest_edge, crop=self.crop, mean=self.mean, std=self.std),
         )
 
-    def predict(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """L2-normalised float32 image embeddings (dim,), one batched forward."""
+    def image_features(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, dim) float32 projected image embeddings before L2 normalisation, one batched forward."""
+        if not batch:
+            return np.zeros((0, self.dim or 0), np.float32)
+        if self.image_session is not None:
+            return self.image_session.run(pixel_values=np.stack(batch))[0].astype(np.float32, copy=False)
         import torch
 
         if self.model is None:
             raise RuntimeError("clip is not loaded")
-        if not batch:
-            return []
         configure_torch_threads(self.settings)
         x = torch.from_numpy(np.stack(batch)).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.bf16):
             pooled = self.model.vision_model(pixel_values=x).pooler_output
             emb = self.model.visual_projection(pooled)
-        return list(l2_normalize(emb.float().cpu().numpy()))
+        return emb.float().cpu().numpy()
 
-    def embed_text(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) L2-normalised float32 text embeddings."""
-        import torch
+    def predict(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """L2-normalised float32 image embeddings (dim,), one batched forward."""
+        if self.model is None and self.image_session is None:
+            raise RuntimeError("clip is not loaded")
+        if not batch:
+            return []
+        return list(l2_normalize(self.image_features(batch)))
 
-        if self.model is None or self.tokenizer is None:
+    def text_features(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32 projected text embeddings before L2 normalisation (texts padded to the
+        longest, truncated to the model's context)."""
+        if self.tokenizer is None or (self.model is None and self.text_session is None):
             raise RuntimeError("clip is not loaded")
         if not texts:
             return np.zeros((0, self.dim or 0), np.float32)
+        if self.text_session is not None:
+            tok = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="np"
+            )
+            return self.text_session.run(
+                input_ids=np.asarray(tok["input_ids"], np.int64), attention_mask=np.asarray(tok["attention_mask"], np.int64)
+            )[0].astype(np.float32, copy=False)
+        import torch
+
+        assert self.model is not None
         configure_torch_threads(self.settings)
         tok = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
@@ -268,7 +525,11 @@ class ClipAdapter(ModelAdapter):
                 attention_mask=tok["attention_mask"].to(self.device),
             ).pooler_output
             emb = self.model.text_projection(pooled)
-        return l2_normalize(emb.float().cpu().numpy())
+        return emb.float().cpu().numpy()
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) L2-normalised float32 text embeddings."""
+        return l2_normalize(self.text_features(texts))
 
 
 # --------------------------------------------------------------------------------------
