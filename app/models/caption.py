@@ -10,8 +10,9 @@ and the tokenizer files (`tokenizer_config.json` with `vocab.txt` and/or `tokeni
 folder from and the `model_name` captions are labelled with; with `ALLOW_MODEL_DOWNLOADS=true`
 a missing folder is downloaded on first load.
 
-Preprocessing is done here (torchvision, once per image, cached on the `DecodedImage`) and
-reproduces transformers' default (torchvision) `BlipImageProcessor`: resize to exactly the
+Preprocessing is done here (numpy, once per image, cached on the `DecodedImage`; bit-identical to
+torchvision's uint8 resize, tests/unit/test_onnx_dinov2_emotion.py) and reproduces transformers'
+default (torchvision) `BlipImageProcessor`: resize to exactly the
 processor's `size` (384x384 for the published models, aspect ratio not kept), bicubic and
 antialiased on uint8, then rescale (1/255) and normalise with its mean/std (OpenAI CLIP's).
 It is `dinov2_pixel_values` with no centre crop and an exact (height, width) resize.

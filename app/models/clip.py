@@ -53,7 +53,7 @@ from app.imaging.decode import DecodedImage
 from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, hub_snapshot
-from app.models.onnx_runtime import OPSET, Session, ensure_onnx, export_module, onnx_file_for
+from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
 from app.models.outputs import Output
 from app.models.torch_runtime import (
     autocast,
@@ -377,17 +377,14 @@ class ClipAdapter(ModelAdapter):
                 export_module(tower, [torch.zeros(1, 3, size, size)], dest, ["pixel_values"], ["embedding"])
 
         def export_text(dest: Path) -> None:
-            import torch
             from transformers import CLIPTokenizer
 
             tok = tokenizer or CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
             example = tok(["a photo of a cat on a mat", "a"], padding=True, return_tensors="pt")
-            axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                    "embedding": {0: "batch"}}
-            with torch.inference_mode(), _quiet_trace():
-                torch.onnx.export(towers()[1], (example["input_ids"], example["attention_mask"]), str(dest),
-                                  input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                                  dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            with _quiet_trace():
+                export_module(towers()[1], [example["input_ids"], example["attention_mask"]], dest,
+                              ["input_ids", "attention_mask"], ["embedding"],
+                              dynamic={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
 
         image = ensure_onnx(path, onnx_file_for(path, "clip_image"), export_image, "clip_image")
         text = ensure_onnx(path, onnx_file_for(path, "clip_text"), export_text, "clip_text")

@@ -11,6 +11,16 @@ DeepFace downloads any weight file it misses; here every lookup goes through a g
 that raises `ModelNotFound` instead unless ALLOW_MODEL_DOWNLOADS is true. Kept apart
 from the adapter because it is all about one library's environment, caches and
 download hooks.
+
+Runtimes (INFERENCE_RUNTIME, onnx_runtime.py): on ``onnxruntime`` (default) and
+``openvino`` the CNN runs as an ONNX graph exported from DeepFace's own pytorch module
+(`EmotionModel`, built by DeepFace's `load_model` from the weights file, once per
+weights file: the graph is cached beside it as
+``facial_expression_model_weights.emotion.onnx``, keyed by the file's SHA-256), fed
+exactly what DeepFace feeds it (`emotion_input`: grey, 48x48, [0, 1]); ``torch`` is
+DeepFace's client as it is, the reference. Detection and the crops are DeepFace's on
+every runtime. The ONNX runtimes need DeepFace's pytorch engine (the default here):
+with DEEPFACE_BACKEND_ENGINE=onnx or tensorflow DeepFace's own client runs instead.
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ import numpy as np
 from app.core.config import Settings
 from app.models.base import ModelNotFound
 from app.models.faces import FaceInput, emotion_result, map_box
+from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
+from app.models.torch_runtime import torch_threads_for
+
+log = logging.getLogger(__name__)
 
 #: DeepFace 0.0.103 weight file per backend engine, under DEEPFACE_HOME/.deepface/weights
 DEEPFACE_EMOTION_FILES = {
@@ -41,6 +55,11 @@ DEEPFACE_EMOTION_URLS = (
 )
 #: not published by DeepFace; pin it here once a download has been checked
 DEEPFACE_EMOTION_SHA256: str | None = None
+#: the CNN's input side (grey) and the face crop DeepFace.analyze makes before it
+EMOTION_INPUT_SIZE = 48
+EMOTION_CROP_SIZE = (224, 224)
+#: `onnx_runtime.ensure_onnx`'s adapter name for the export
+ONNX_WHAT = "emotion"
 
 
 _deepface_downloads_allowed = False
@@ -87,6 +106,33 @@ def _install_deepface_download_guard() -> None:
         weight_utils.download_weights_if_necessary = guarded
 
 
+def emotion_input(faces: np.ndarray) -> np.ndarray:
+    """DeepFace's emotion preprocessing (`EmotionClient._preprocess_image`, both engines): (N, 224, 224, 3)
+    BGR [0, 1] crops → grey (OpenCV) → 48x48 (OpenCV bilinear) → float32 (N, 1, 48, 48), the CNN's input."""
+    import cv2
+
+    size = (EMOTION_INPUT_SIZE, EMOTION_INPUT_SIZE)
+    grey = [cv2.resize(cv2.cvtColor(np.asarray(f, dtype=np.float32), cv2.COLOR_BGR2GRAY), size) for f in faces]
+    return np.stack(grey).astype(np.float32, copy=False)[:, None]
+
+
+def export_emotion_onnx(home: Path, weights: Path) -> Path:
+    """DeepFace's emotion CNN as an ONNX graph (input `x`: (N, 1, 48, 48) as `emotion_input` makes it; output
+    `y`: (N, 7) probabilities, DeepFace's order), exported from `weights` (DEEPFACE_HOME `home`) when missing or
+    made from another file (`onnx_runtime.ensure_onnx`). The module is DeepFace's own, built by its loader."""
+
+    def export(dest: Path) -> None:
+        import torch
+        from deepface.models.demography.pytorch import Emotion
+
+        configure_deepface_env(home)  # DeepFace's loader finds the file through DEEPFACE_HOME
+        module = Emotion.load_model().eval()
+        size = EMOTION_INPUT_SIZE
+        export_module(module, [torch.zeros(1, 1, size, size)], dest, ["x"], ["y"])
+
+    return ensure_onnx(weights, onnx_file_for(weights, ONNX_WHAT), export, ONNX_WHAT)
+
+
 class DeepFaceEmotion:
     """DeepFace detection + DeepFace's emotion CNN (its own preprocessing, batched)."""
 
@@ -111,14 +157,29 @@ class DeepFaceEmotion:
 
         from deepface.modules import modeling
 
-        # A fresh instance (not modeling.build_model's process-wide cache), so a reload
-        # reads the files of the current DEEPFACE_HOME. Built once, reused by every call.
-        self.client = modeling.get_model_class(task="facial_attribute", model_name="Emotion")()
-        if engine == "pytorch":
-            import torch
+        self.client: Any = None
+        self.session: Session | None = None
+        self.weights = weights
+        runtime = settings.inference_runtime
+        if runtime != "torch" and engine == "pytorch":
+            if not weights.is_file():  # downloads allowed (checked above): DeepFace's own fetch, guarded
+                from deepface.commons import weight_utils
 
-            self.client.device = torch.device(device)
-            self.client.model.to(self.client.device).eval()
+                weight_utils.download_weights_if_necessary(
+                    file_name=weights.name, source_url=list(DEEPFACE_EMOTION_URLS)
+                )
+            self.session = Session(export_emotion_onnx(home, weights), runtime, torch_threads_for(settings))
+        else:
+            if runtime != "torch":
+                log.info("DeepFace engine %s: its emotion model runs as DeepFace runs it, not on %s", engine, runtime)
+            # A fresh instance (not modeling.build_model's process-wide cache), so a reload
+            # reads the files of the current DEEPFACE_HOME. Built once, reused by every call.
+            self.client = modeling.get_model_class(task="facial_attribute", model_name="Emotion")()
+            if engine == "pytorch":
+                import torch
+
+                self.client.device = torch.device(device)
+                self.client.model.to(self.client.device).eval()
         # Detectors are stateless w.r.t. DEEPFACE_HOME: DeepFace's cache is fine. Build
         # it now so a missing detector file fails the load, not a request.
         modeling.build_model(task="face_detector", model_name=self.detector_backend)
@@ -163,15 +224,21 @@ class DeepFaceEmotion:
                 # Exactly DeepFace.analyze's preprocessing: RGB [0,1] → BGR → 224x224
                 # letterbox; the model then takes gray 48x48.
                 crops.append(
-                    preprocessing.resize_image(img=content[:, :, ::-1], target_size=(224, 224))
+                    preprocessing.resize_image(img=content[:, :, ::-1], target_size=EMOTION_CROP_SIZE)
                 )
                 metas.append((idx, box, conf))
         out: list[list[dict[str, Any]]] = [[] for _ in batch]
         if not crops:
             return out
-        probs = np.atleast_2d(self.client.predict(np.concatenate(crops, axis=0)))
+        probs = self.probabilities(np.concatenate(crops, axis=0))
         for (idx, box, conf), p in zip(metas, probs):
             out[idx].append(emotion_result(box, conf, p))
         for faces in out:
             faces.sort(key=lambda f: -f["confidence"])
         return out
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray:
+        """(N, 7) emotion probabilities for (N, 224, 224, 3) BGR [0, 1] face crops, one batched forward."""
+        if self.session is not None:
+            return self.session.run(x=emotion_input(faces))[0].astype(np.float32, copy=False)
+        return np.atleast_2d(self.client.predict(faces))

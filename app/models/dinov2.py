@@ -14,7 +14,7 @@ Where the files live: `MODEL_DIR/dinov2`, or `DINOV2_PATH`. The folder is what
 folder from, and the `model_name` the vectors are labelled with; with
 `ALLOW_MODEL_DOWNLOADS=true` a missing folder is downloaded on first load.
 
-Preprocessing is done here (torchvision, once per image, cached on the `DecodedImage`)
+Preprocessing is done here (numpy, once per image, cached on the `DecodedImage`)
 and reproduces transformers' default (torchvision) `BitImageProcessor`, the processor
 `AutoImageProcessor` picks for DINOv2: resize (shortest edge, antialiased, on uint8),
 centre crop (floor offsets, zero padding when the crop is larger), rescale, normalise.
@@ -32,14 +32,25 @@ processor on the full pixels (mean |Δ| ≈ 0.003 in normalised units on 3000 px
 
 The input need not be the config's `image_size` (518 for the published models): the
 model interpolates its position embeddings to the 224x224 crop, as transformers does.
+The resize is torchvision's uint8 kernel redone in numpy (`resize_uint8`: the same integer
+weights and rounding, so the same pixels; tests/unit/test_onnx_dinov2_emotion.py compares them).
+
+Runtimes (INFERENCE_RUNTIME, onnx_runtime.py): on `onnxruntime` (default) and `openvino` the
+model is an ONNX graph exported from the folder once (`export_onnx`: pixel_values → the CLS
+token, at the preprocessing's fixed size, batch dynamic), cached as `dinov2.onnx` in the folder
+and keyed by the SHA-256 of the folder's files, so new weights or a new preprocessor_config.json
+re-export it; then neither torch nor transformers is imported. `torch` is the eager
+transformers model, the reference. The L2 normalisation is numpy's on every runtime.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +60,7 @@ from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import hub_snapshot
+from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
 from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
@@ -56,7 +68,7 @@ from app.models.torch_runtime import (
     l2_normalize,
     resolve_device,
     source_rgb,
-    uint8_chw_tensor,
+    torch_threads_for,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +83,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: what `download` fetches from a DINOv2 repo on the hub
 DINOV2_ALLOW_PATTERNS = ["config.json", "preprocessor_config.json", "model.safetensors"]
 PREPROCESSOR_FILE = "preprocessor_config.json"
-#: PIL resampling codes (what preprocessor_config.json stores) → torchvision's names
+#: PIL resampling codes (what preprocessor_config.json stores) → torchvision's names (the ones `resize_uint8` does)
 _RESAMPLE = {0: "NEAREST", 2: "BILINEAR", 3: "BICUBIC"}
 
 
@@ -161,48 +173,141 @@ def resized_shape(h: int, w: int, resize_to: int | tuple[int, int]) -> tuple[int
     return resize_to, int(resize_to * w / h)
 
 
+def _keys_filter(x: np.ndarray) -> np.ndarray:
+    """torch's antialiased bicubic filter (Keys, a = -0.5: Pillow's, not the -0.75 of plain bicubic)."""
+    a = -0.5
+    x = np.abs(x)
+    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _triangle_filter(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+#: PIL resampling code → (filter, half-width in source pixels at scale 1)
+_AA_FILTERS = {2: (_triangle_filter, 1.0), 3: (_keys_filter, 2.0)}
+
+
+@lru_cache(maxsize=256)
+def _aa_matrix(in_size: int, out_size: int, resample: int) -> tuple[Any, int]:
+    """torch's uint8 antialiased resampling along one axis, as a sparse (out, in) matrix of int16-range integer
+    weights and their fixed-point precision (aten UpSampleKernel.cpp, `_compute_index_ranges_int16_weights`).
+
+    Each output pixel i has float64 weights filter((j - centre + 0.5) / scale) over the source pixels within
+    the filter's support around centre = scale * (i + 0.5), normalised to sum 1 (summed in source order,
+    as torch does). They become integers w * 2**p rounded half away from zero, with the largest p <= 22
+    that keeps the largest weight under 2**14 (one precision for the whole axis).
+    """
+    import scipy.sparse
+
+    filt, half = _AA_FILTERS[resample]
+    scale = in_size / out_size
+    support = half * scale if scale >= 1.0 else half
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    taps = int(math.ceil(support)) * 2 + 1
+    centre = scale * (np.arange(out_size, dtype=np.float64) + 0.5)
+    # int64 casts truncate toward zero, as static_cast does (then clamped to the image)
+    xmin = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+    xsize = np.clip(np.minimum(np.trunc(centre + support + 0.5).astype(np.int64), in_size) - xmin, 0, taps)
+    j = np.arange(taps)
+    w = filt((j[None, :] + xmin[:, None] - centre[:, None] + 0.5) * invscale)
+    w[j[None, :] >= xsize[:, None]] = 0.0
+    total = np.zeros(out_size)
+    for k in range(taps):  # sequential sum, in torch's order
+        total += w[:, k]
+    w = np.divide(w, total[:, None], out=w, where=total[:, None] != 0.0)
+    wt_max = float(w.max())
+    precision = 0
+    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    v = w * (1 << precision)
+    weights = np.where(v < 0, np.trunc(v - 0.5), np.trunc(v + 0.5)).astype(np.int32)
+    cols = np.minimum(xmin[:, None] + j[None, :], in_size - 1)  # past xsize the weight is 0
+    matrix = scipy.sparse.csr_matrix((weights.ravel(), cols.ravel(), np.arange(0, out_size * taps + 1, taps)),
+                                     shape=(out_size, in_size))
+    matrix.sum_duplicates()
+    return matrix, precision
+
+
+def _resample_rows(src: np.ndarray, out_size: int, resample: int) -> np.ndarray:
+    """(in, ...) uint8 → (out_size, ...) uint8 along the first axis: torch's integer kernel, Σ src·w plus half
+    an LSB, shifted right by the precision (floor), clamped to 0..255. Integer arithmetic in int32 is exact:
+    |Σ| <= 255 · 1.2 · 2**22 < 2**31."""
+    matrix, precision = _aa_matrix(src.shape[0], out_size, resample)
+    acc = matrix @ src.reshape(src.shape[0], -1).astype(np.int32)
+    acc += 1 << (precision - 1)
+    np.right_shift(acc, precision, out=acc)
+    return np.clip(acc, 0, 255).astype(np.uint8).reshape((out_size, *src.shape[1:]))
+
+
+def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    """torch's `nearest` source index: floor(i * (in / out)) in float32, capped at the last pixel."""
+    if out_size == in_size:
+        return np.arange(out_size)
+    if out_size == 2 * in_size:
+        return np.arange(out_size) >> 1
+    scale = np.float32(in_size) / np.float32(out_size)
+    return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64), in_size - 1)
+
+
+def resize_uint8(rgb: np.ndarray, hw: tuple[int, int], resample: int) -> np.ndarray:
+    """torchvision's `resize(uint8 image, hw, antialias=True)` on CPU, exactly, in numpy.
+
+    Bicubic and bilinear are torch's native uint8 kernels (bicubic always, bilinear on AVX2/AVX512/arm64
+    CPUs: every server this runs on): one separable pass per changed axis, width first, each rounded to
+    uint8, with the integer weights of `_aa_matrix`. Nearest is torch's `interpolate(mode="nearest")` (no
+    antialias). tests/unit/test_onnx_dinov2_emotion.py checks it pixel for pixel against torchvision.
+    """
+    import cv2
+
+    h, w = hw
+    if resample == 0:
+        return rgb[_nearest_index(rgb.shape[0], h)][:, _nearest_index(rgb.shape[1], w)]
+    out = np.ascontiguousarray(rgb)
+    if out.shape[1] != w:  # columns become rows and back (OpenCV transposes 3-byte pixels 5x faster than numpy)
+        out = cv2.transpose(_resample_rows(cv2.transpose(out), w, resample))
+    if out.shape[0] != h:
+        out = _resample_rows(out, h, resample)
+    return out
+
+
 def dinov2_pixel_values(rgb: np.ndarray, prep: Dinov2Preprocessing, full_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """BitImageProcessor (torchvision backend) for one HxWx3 uint8 image → float32 (3, h, w).
+    """BitImageProcessor (torchvision backend) for one HxWx3 uint8 image → float32 (3, h, w), without torch.
 
     `full_hw`: the size of the image `rgb` is a reduced copy of. The resize target is computed
     from it, so the reduced copy lands on exactly the shape (and crop offsets) the full image
     would; from its own rounded size the long side can differ by one pixel.
     """
-    import torch
-    import torchvision.transforms.v2.functional as TF  # what transformers uses (v1 rounds differently)
-    from torchvision.transforms import InterpolationMode
-
-    t = uint8_chw_tensor(rgb)  # contiguous: torchvision's uint8 kernels round differently on strided input
+    t = np.require(rgb, dtype=np.uint8)
     if prep.resize_to is not None:
-        h, w = full_hw or (t.shape[-2], t.shape[-1])
+        h, w = full_hw or (t.shape[0], t.shape[1])
         new_hw = resized_shape(h, w, prep.resize_to)
-        if new_hw != tuple(t.shape[-2:]):
-            mode = InterpolationMode[_RESAMPLE[prep.resample]]
-            t = TF.resize(t, list(new_hw), interpolation=mode, antialias=True)
+        if new_hw != t.shape[:2]:
+            t = resize_uint8(t, new_hw, prep.resample)
     if prep.crop is not None:
         t = _center_crop(t, prep.crop)
-    m = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1) / prep.rescale
-    s = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1) / prep.rescale
-    return ((t.float() - m) / s).contiguous().numpy()
+    # torch's float32 arithmetic: mean / rescale and std / rescale in float32, then (x - m) / s
+    m = np.asarray(prep.mean, np.float32) / np.float32(prep.rescale)
+    s = np.asarray(prep.std, np.float32) / np.float32(prep.rescale)
+    x = t.transpose(2, 0, 1).astype(np.float32, order="C")
+    x -= m[:, None, None]
+    x /= s[:, None, None]
+    return x
 
 
-def _center_crop(t: Any, crop: tuple[int, int]) -> Any:
-    """transformers' centre crop: zero padding first when the crop is larger, floor offsets."""
-    import torchvision.transforms.v2.functional as TF
-
+def _center_crop(t: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """transformers' centre crop of an HxWxC array: zero padding first when the crop is larger, floor offsets."""
     ch, cw = crop
-    h, w = t.shape[-2:]
+    h, w = t.shape[:2]
     if ch > h or cw > w:  # extreme aspect ratios only
-        pad = [
-            (cw - w) // 2 if cw > w else 0,
-            (ch - h) // 2 if ch > h else 0,
-            (cw - w + 1) // 2 if cw > w else 0,
-            (ch - h + 1) // 2 if ch > h else 0,
-        ]
-        t = TF.pad(t, pad, fill=0)
-        h, w = t.shape[-2:]
+        top_pad, left_pad = ((ch - h) // 2 if ch > h else 0), ((cw - w) // 2 if cw > w else 0)
+        bottom_pad, right_pad = ((ch - h + 1) // 2 if ch > h else 0), ((cw - w + 1) // 2 if cw > w else 0)
+        t = np.pad(t, ((top_pad, bottom_pad), (left_pad, right_pad), (0, 0)))
+        h, w = t.shape[:2]
     top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
-    return t[:, top : top + ch, left : left + cw]
+    return t[top : top + ch, left : left + cw]
 
 
 # --------------------------------------------------------------------------------------
@@ -227,6 +332,7 @@ class Dinov2Adapter(ModelAdapter):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.model: Dinov2Model | None = None
+        self.session: Session | None = None
         self.model_name: str = settings.dinov2_model_name
         self.dim: int | None = None
         self.prep = Dinov2Preprocessing()
@@ -261,23 +367,81 @@ class Dinov2Adapter(ModelAdapter):
         raise self._missing(path)
 
     # -- lifecycle -------------------------------------------------------------------
-    def load(self, path: Path, device: str) -> None:
+    def _read_config(self, path: Path) -> dict[str, Any]:
+        """config.json, refused unless it describes a dinov2 model (transformers only warns, then loads garbage)."""
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        kind = cfg.get("model_type")
+        if kind != "dinov2":
+            raise ValueError(f"{path / 'config.json'} describes a {kind!r} model, not dinov2")
+        return cfg
+
+    def build(self, path: Path) -> Any:
+        """The transformers model, fp32, eval (the torch runtime, and the ONNX export)."""
         import torch
         from transformers import Dinov2Config, Dinov2Model
 
+        config = Dinov2Config.from_pretrained(str(path), local_files_only=True)
+        model = Dinov2Model.from_pretrained(str(path), config=config, local_files_only=True, dtype=torch.float32)
+        return model.eval().requires_grad_(False)
+
+    @staticmethod
+    def input_size(prep: Dinov2Preprocessing) -> tuple[int, int] | None:
+        """The (height, width) every prepared input has (the crop, or an exact resize); None when it follows
+        the photo (no crop, shortest-edge or no resize)."""
+        if prep.crop is not None:
+            return prep.crop
+        return prep.resize_to if isinstance(prep.resize_to, tuple) else None
+
+    def export_onnx(self, path: Path) -> Path:
+        """The folder's ONNX graph (input `pixel_values`: (N, 3, H, W) as `prepare` makes them; output
+        `embedding`: (N, dim), the CLS token after the final layernorm, not normalised), exported when missing
+        or made from other files (`onnx_runtime.ensure_onnx`; the key is the whole folder, so a changed
+        preprocessor_config.json re-exports too). H and W are the preprocessing's fixed size (static shapes for
+        the runtimes to plan with); only a preprocessing without one exports them as dynamic axes (the
+        position embeddings are interpolated in the graph either way, as transformers does when tracing)."""
+        path = Path(path)
+        self._read_config(path)
+        hw = self.input_size(read_preprocessing(path))
+
+        def export(dest: Path) -> None:
+            import torch
+
+            class ClsToken(torch.nn.Module):
+                def __init__(self, model: Any) -> None:
+                    super().__init__()
+                    self.model = model
+
+                def forward(self, pixel_values: Any) -> Any:
+                    return self.model(pixel_values=pixel_values).pooler_output
+
+            # tracing warns twice, about values that are constant for this model: the channel check (3) and
+            # SDPA's `is_causal` (False: the encoder is not causal)
+            module = ClsToken(self.build(path))
+            if hw is not None:
+                export_module(module, [torch.zeros(1, 3, *hw)], dest, ["pixel_values"], ["embedding"])
+                return
+            export_module(module, [torch.zeros(1, 3, 224, 224)], dest, ["pixel_values"], ["embedding"],
+                          dynamic={"pixel_values": {2: "height", 3: "width"}})
+
+        return ensure_onnx(path, onnx_file_for(path, self.name), export, self.name)
+
+    def load(self, path: Path, device: str) -> None:
         path = Path(path)
         self._ensure_files(path)
-        kind = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
-        if kind != "dinov2":  # Dinov2Config.from_pretrained only warns, then loads garbage
-            raise ValueError(f"{path / 'config.json'} describes a {kind!r} model, not dinov2")
-        config = Dinov2Config.from_pretrained(str(path), local_files_only=True)
+        cfg = self._read_config(path)
         prep = read_preprocessing(path)
+        runtime = self.settings.inference_runtime
+        if runtime != "torch":
+            self.session = Session(self.export_onnx(path), runtime, torch_threads_for(self.settings))
+            self.prep, self.device = prep, "cpu"
+            self.dim = int(cfg.get("hidden_size", 768))  # (Dinov2Config's default)
+            return
         configure_torch_threads(self.settings)
         device = resolve_device(device, as_given=True)
-        model = Dinov2Model.from_pretrained(str(path), config=config, local_files_only=True, dtype=torch.float32)
-        model.eval().requires_grad_(False).to(device)
+        model = self.build(path)
+        model.to(device)
         self.model, self.prep, self.device = model, prep, device
-        self.dim = int(config.hidden_size)
+        self.dim = int(model.config.hidden_size)
         self.bf16 = bf16_wanted(self.settings, device)
 
     # -- inference -----------------------------------------------------------------------
@@ -298,16 +462,24 @@ class Dinov2Adapter(ModelAdapter):
 
         return image.cached(("dinov2_pixels", prep), make)
 
-    def predict(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One L2-normalised float32 vector (dim,) per prepared image, one batched forward."""
-        import torch
-
+    def forward(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, dim) float32 CLS tokens (after the final layernorm, before normalising), one batched forward."""
+        if not batch:
+            return np.zeros((0, self.dim or 0), np.float32)
+        if self.session is not None:
+            return self.session.run(pixel_values=np.stack(batch))[0].astype(np.float32, copy=False)
         if self.model is None:
             raise RuntimeError("dinov2 is not loaded")
-        if not batch:
-            return []
+        import torch
+
         configure_torch_threads(self.settings)
         x = torch.from_numpy(np.stack(batch)).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.bf16):
             cls = self.model(pixel_values=x).pooler_output  # CLS after the final layernorm
-        return list(l2_normalize(cls.float().cpu().numpy()))
+        return cls.float().cpu().numpy()
+
+    def predict(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One L2-normalised float32 vector (dim,) per prepared image, one batched forward."""
+        if not batch:
+            return []
+        return list(l2_normalize(self.forward(batch)))

@@ -8,6 +8,10 @@ its files are, and where scripts/download_models.py puts them (`download()`). Bo
 backends take the shared `FaceInput` and return per-face results in the shape of
 `faces.emotion_result`. Nothing is downloaded at run time unless
 ALLOW_MODEL_DOWNLOADS is true.
+
+INFERENCE_RUNTIME: DeepFace's emotion CNN runs on ONNX Runtime (default) or OpenVINO,
+exported from its weights file once (deepface_emotion.py), or on torch as DeepFace runs
+it; the mini-Xception stays on torch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from app.models.deepface_emotion import (
     DEEPFACE_EMOTION_SHA256,
     DEEPFACE_EMOTION_URLS,
     DeepFaceEmotion,
+    export_emotion_onnx,
 )
 from app.models.download import fetch
 from app.models.faces import YUNET_FILE, YUNET_SHA256, YUNET_URLS, FaceInput, as_face_input, face_input
@@ -69,6 +74,15 @@ class EmotionAdapter(ModelAdapter):
             self._impl = MiniXceptionEmotion(self.settings, path, device)
         else:
             self._impl = DeepFaceEmotion(self.settings, path, device)
+
+    def export_onnx(self, path: Path) -> Path | None:
+        """DeepFace's emotion CNN as ONNX, beside its weights under DEEPFACE_HOME `path` (what `load` runs on
+        the ONNX runtimes; scripts/download_models.py exports through `load`). None for the mini_xception
+        backend, which runs on torch."""
+        if self.backend != "deepface":
+            return None
+        home = Path(path)
+        return export_emotion_onnx(home, home / ".deepface" / "weights" / DEEPFACE_EMOTION_FILES["pytorch"])
 
     def prepare(self, image: DecodedImage) -> FaceInput:
         return face_input(image, self.settings.emotion_max_dim)

@@ -106,11 +106,14 @@ def onnx_file_for(source: Path, what: str) -> Path:
 
 
 def export_module(module: Any, example: Sequence[Any], dest: Path, input_names: Sequence[str],
-                  output_names: Sequence[str]) -> None:
-    """torch.onnx export of `module` (eval, fp32) with a dynamic batch axis on every input and output."""
+                  output_names: Sequence[str], dynamic: dict[str, dict[int, str]] | None = None) -> None:
+    """torch.onnx export of `module` (eval, fp32, the TorchScript exporter at opset 17). Every input and output
+    gets a dynamic batch axis; `dynamic` adds others (a text's sequence, an image's height and width)."""
     import torch
 
     axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    for name, more in (dynamic or {}).items():
+        axes[name] = {**axes.get(name, {}), **more}
     with torch.inference_mode():
         torch.onnx.export(module, tuple(example), str(dest), input_names=list(input_names),
                           output_names=list(output_names), dynamic_axes=axes, opset_version=OPSET, dynamo=False)

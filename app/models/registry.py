@@ -204,7 +204,9 @@ class ModelRegistry:
                 device = self.device if cls.uses_torch else "cpu"
                 path = adapter.resolve_path()
                 adapter.load(path, device)
-                adapter.device = device
+                if self.settings.inference_runtime == "torch" or not hasattr(cls, "export_onnx"):
+                    adapter.device = device
+                # else: on ONNX Runtime / OpenVINO the adapter says where it runs (the CPU)
             except Exception as exc:  # noqa: BLE001
                 e.state = State.FAILED
                 e.failed_at = time.monotonic()

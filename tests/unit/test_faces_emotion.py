@@ -145,7 +145,7 @@ def test_deepface_emotion_model_is_built_once(deepface_home, tmp_path, monkeypat
     calls = []
     real = Emotion.load_model
     monkeypatch.setattr(Emotion, "load_model", lambda *a, **k: calls.append(1) or real(*a, **k))
-    adapter = deepface_adapter(deepface_home, tmp_path)
+    adapter = deepface_adapter(deepface_home, tmp_path, inference_runtime="torch")  # DeepFace's own client
     client = adapter._impl.client
     image = decoded(photo("astronaut"))
     results = [detect(adapter, image) for _ in range(3)]
