@@ -39,7 +39,6 @@ every runtime (its checkpoint is read with torch.load at load time).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import fetch, hub_snapshot
 from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
 from app.models.outputs import Output
+from app.models.resample import BICUBIC, resize_uint8
 from app.models.torch_runtime import (
     autocast,
     bf16_wanted,
@@ -154,71 +154,6 @@ def clip_pixel_values(
 # The width is resampled first, then the height (the uint8 result in between, as torch does).
 
 
-def _keys_cubic(x: np.ndarray) -> np.ndarray:
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _aa_bicubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One axis: input indices (out, taps), int32 weights (out, taps) and their precision in bits
-    (`_compute_indices_min_size_weights_aa` + `_compute_index_ranges_int16_weights`, align_corners False)."""
-    scale = in_size / out_size
-    support = 2.0 * scale if scale >= 1.0 else 2.0
-    taps = int(math.ceil(support)) * 2 + 1
-    invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    center = scale * (np.arange(out_size, dtype=np.float64) + 0.5)
-    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++'s cast: truncation
-    xsize = np.clip(np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin, 0, taps)
-    j = np.arange(taps)
-    w = _keys_cubic((j[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
-    w = np.where(j[None, :] < xsize[:, None], w, 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    w = np.divide(w, total, out=np.zeros_like(w), where=total != 0.0)
-    wt_max = float(w.max(initial=0.0))
-    precision = 0
-    while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
-        precision += 1
-    v = w * (1 << precision)
-    weights = np.trunc(v + np.where(v < 0, -0.5, 0.5)).astype(np.int32)
-    return np.minimum(xmin[:, None] + j[None, :], in_size - 1), weights, precision
-
-
-def _aa_bicubic_rows(x: np.ndarray, out_size: int, start: int, count: int) -> np.ndarray:
-    """Outputs `start:start+count` of resizing axis 0 of uint8 `x` (in, ...) to `out_size` (the other
-    outputs are not computed: each output only depends on its own weights)."""
-    idx, w, precision = _aa_bicubic_taps(x.shape[0], out_size)
-    idx, w = idx[start:start + count], w[start:start + count]
-    acc = np.full((count, *x.shape[1:]), 1 << (precision - 1), np.int32)  # < 2**31 for any scale
-    term = np.empty_like(acc)
-    shape = (count,) + (1,) * (x.ndim - 1)
-    for k in np.flatnonzero(np.any(w != 0, axis=0)):
-        np.multiply(w[:, k].reshape(shape), x[idx[:, k]], out=term)
-        acc += term
-    np.right_shift(acc, precision, out=acc)
-    return np.clip(acc, 0, 255).astype(np.uint8)
-
-
-def resize_bicubic_aa_uint8(rgb: np.ndarray, size: tuple[int, int],
-                            box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """HxWx3 uint8 → the (top, left, height, width) `box` (default: all) of its resize to `size` (h, w),
-    equal to torchvision's `resize(..., BICUBIC, antialias=True)` on the uint8 tensor."""
-    h, w = size
-    top, left, bh, bw = box if box is not None else (0, 0, h, w)
-    x = np.asarray(rgb, dtype=np.uint8)
-    if x.shape[1] != w:
-        x = _aa_bicubic_rows(np.ascontiguousarray(x.transpose(1, 0, 2)), w, left, bw).transpose(1, 0, 2)
-    else:
-        x = x[:, left:left + bw]
-    if x.shape[0] != h:
-        x = _aa_bicubic_rows(np.ascontiguousarray(x), h, top, bh)
-    else:
-        x = x[top:top + bh]
-    return np.ascontiguousarray(x)
-
-
 def clip_pixel_values_np(
     rgb: np.ndarray,
     *,
@@ -236,9 +171,9 @@ def clip_pixel_values_np(
     ch, cw = crop
     if ch <= new_h and cw <= new_w:  # the usual case: only the crop is resampled
         top, left = int((new_h - ch) / 2.0), int((new_w - cw) / 2.0)
-        t = resize_bicubic_aa_uint8(rgb, (new_h, new_w), (top, left, ch, cw))
+        t = resize_uint8(rgb, (new_h, new_w), BICUBIC, (top, left, ch, cw))
     else:  # extreme aspect ratios: zero padding as in clip_pixel_values, then the crop
-        t = resize_bicubic_aa_uint8(rgb, (new_h, new_w))
+        t = resize_uint8(rgb, (new_h, new_w), BICUBIC)
         pad_t = (ch - new_h) // 2 if ch > new_h else 0
         pad_l = (cw - new_w) // 2 if cw > new_w else 0
         pad_b = (ch - new_h + 1) // 2 if ch > new_h else 0
