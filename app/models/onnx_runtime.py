@@ -133,6 +133,9 @@ class Session:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # no arena: it keeps each session's largest batch's activations for ever (NIMA at batch 16: 919 MiB
+            # peak held after the batch, against 716 peak and back to 547 without; the same speed, 241 vs 245 ms/img)
+            options.enable_cpu_mem_arena = False
             self._ort = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.input_names = [i.name for i in self._ort.get_inputs()]
             self.output_names = [o.name for o in self._ort.get_outputs()]
