@@ -32,7 +32,9 @@ class PreviewOptions(BaseModel):
 class PreviewRequest(PreviewOptions):
     image: ImageInput
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"image": {"url": "https://example.com/IMG_0001.HEIC"}, "max_dim": 512},
+        {"image": {"base64": "SUkqAAgAAAA…"}, "max_dim": 1024}]})
 
 
 SPEC = ImageRequestSpec(PreviewRequest, images="image", options=PreviewOptions)
