@@ -101,6 +101,13 @@ def load_adapter(cls, **settings):
     return adapter
 
 
+def decoded(rgb: np.ndarray):
+    """`rgb` through Loupe's own reader (as a PNG: no compression loss), as every analysis sees an image."""
+    from app.imaging.decode import decode_image
+
+    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
+
+
 def ramp_png(side: int, mode: str = "L") -> bytes:
     """A small PNG that decodes to side x side pixels (a left-to-right ramp compresses to a few KB):
     the shape of a decompression-amplification attack just under MAX_IMAGE_PIXELS. mode: L, I;16, RGBA."""

@@ -37,7 +37,6 @@ import pytest
 import scipy.io
 
 from app.core.config import Settings
-from app.imaging.decode import DecodedImage, decode_image
 from app.models import brisque as B
 from app.models import niqe as N
 from app.models.base import ModelNotFound
@@ -45,13 +44,13 @@ from app.models.brisque import BrisqueAdapter, brisque_features
 from app.models.niqe import NiqeAdapter, imresize_half, niqe_features
 from app.models.nss import grid_alpha, solve_alpha
 from app.models.svr import read_libsvm_model
-from tests.helpers import (  # noqa: I001
-    load_adapter,
+from tests.helpers import (
     PHOTO_NAMES,
     add_noise,
-    encode,
+    decoded,
     gaussian_blur,
     jpeg_roundtrip,
+    load_adapter,
     photo,
     require_weights,
 )
@@ -66,10 +65,6 @@ LADDERS = {
 
 
 # --------------------------------------------------------------------------- helpers
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
-
-
 def grey(rgb: np.ndarray) -> np.ndarray:
     return decoded(rgb).gray_max(1024)
 

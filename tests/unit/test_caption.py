@@ -23,7 +23,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import ModelUnavailable
-from app.imaging.decode import DecodedImage, decode_image
+from app.imaging.decode import DecodedImage
 from app.models.caption import (
     CAPTION_HUB_ID,
     CaptionAdapter,
@@ -31,7 +31,7 @@ from app.models.caption import (
     blip_preprocessing,
 )
 from app.models.registry import CATALOG, ModelRegistry
-from tests.helpers import encode, photo
+from tests.helpers import decoded, photo
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -68,10 +68,6 @@ def write_tiny_blip(folder: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(str(folder))
     BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(str(folder))
     return folder
-
-
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import ModelUnavailable
-from app.imaging.decode import DecodedImage, decode_image
+from app.imaging.decode import DecodedImage
 from app.models.base import ModelNotFound
 from app.models.dinov2 import (
     IMAGENET_MEAN,
@@ -32,7 +32,7 @@ from app.models.dinov2 import (
     resized_shape,
 )
 from app.models.registry import ModelRegistry
-from tests.helpers import PROJECT_ROOT, encode, photo, upscale
+from tests.helpers import PROJECT_ROOT, decoded, photo, upscale
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -65,10 +65,6 @@ def write_tiny_dinov2(folder: Path, *, processor=True, seed: int = 0, **processo
     if processor:
         dinov2_processor(**processor_overrides).save_pretrained(str(folder))
     return Path(folder)
-
-
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

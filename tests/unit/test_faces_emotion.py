@@ -10,22 +10,18 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
-from app.imaging.decode import DecodedImage, decode_image
+from app.imaging.decode import DecodedImage
 from app.models import emotion, faces
 from app.models.base import ModelNotFound
 from app.models.emotion import EmotionAdapter
 from app.models.faces import EMOTION_LABELS, LANDMARK_NAMES, YunetAdapter
 from tests.factories.faces import write_random_deepface_emotion_weights
-from tests.helpers import load_adapter, encode, photo, require_weights, upscale
+from tests.helpers import decoded, load_adapter, photo, require_weights, upscale
 
 ASTRONAUT_SIZE = 512
 
 
 # --------------------------------------------------------------------------- helpers
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
-
-
 def as_image(rgb: np.ndarray, width: int | None = None, height: int | None = None) -> DecodedImage:
     """A DecodedImage without the encode/decode round trip (for the 3000-px copies)."""
     rgb = np.ascontiguousarray(rgb)

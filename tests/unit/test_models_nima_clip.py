@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
-from app.imaging.decode import DecodedImage, decode_image
+from app.imaging.decode import DecodedImage
 from app.models.base import ModelNotFound
 from app.models.clip import (
     LAION_FILES,
@@ -31,16 +31,12 @@ from app.models.nima import (
     nima_input,
 )
 from tests.factories.models import NIMA_FILES, pyiqa_nima, write_tiny_clip
-from tests.helpers import encode, photo, require_weights, upscale
+from tests.helpers import decoded, photo, require_weights, upscale
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 CLIP_HUB_ID = "openai/clip-vit-base-patch32"
-
-
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
 
 
 def to_unit_tensor(rgb: np.ndarray):

@@ -27,7 +27,6 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import ModelUnavailable
-from app.imaging.decode import DecodedImage, decode_image
 from app.models import tags as T
 from app.models.base import ModelNotFound
 from app.models.registry import ModelRegistry
@@ -41,16 +40,12 @@ from app.models.tags import (
     mobilenet_v2_input,
     top_labels,
 )
-from tests.helpers import PHOTO_NAMES, PROJECT_ROOT, encode, load_adapter, photo, require_weights
+from tests.helpers import PHOTO_NAMES, PROJECT_ROOT, decoded, load_adapter, photo, require_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 REAL = "imagenet_mobilenet_tflite"
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
-
-
-def decoded(rgb: np.ndarray) -> DecodedImage:
-    return decode_image(encode(np.ascontiguousarray(rgb), "PNG"), max_pixels=10**8)
 
 
 def settings(**kw) -> Settings:
