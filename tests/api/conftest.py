@@ -66,3 +66,15 @@ def live_factory(app_factory):
     yield build
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """Run the CLI in-process from an empty folder (no .env) with an empty MODEL_DIR."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    for var in ("LOUPE_SERVER", "LOUPE_API_KEY", "API_KEY", "API_KEYS", "RATE_LIMIT", "PRELOAD_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    return work

@@ -33,18 +33,6 @@ VOLATILE = ("timings_ms", "processing_time_ms", "image_id")
 
 
 # --- fixtures ----------------------------------------------------------------------------------------------------
-@pytest.fixture
-def cli_env(tmp_path, monkeypatch):
-    """Run the CLI in-process from an empty folder (no .env) with an empty MODEL_DIR."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
-    for var in ("LOUPE_SERVER", "LOUPE_API_KEY", "API_KEY", "API_KEYS", "RATE_LIMIT", "PRELOAD_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    return work
-
-
 def settings(tmp_path: Path, **kw) -> Settings:
     return Settings(_env_file=None, log_json=False, log_level="WARNING", model_dir=tmp_path / "models", **kw)
 

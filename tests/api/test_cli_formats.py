@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from app import cli
@@ -30,18 +29,6 @@ from tests.factories.formats import avif_bytes, displayed, dng_bytes, heic_bytes
 from tests.helpers import encode, gaussian_blur, jpeg_roundtrip, photo
 
 BURST = ("IMG_0001", "IMG_0002", "IMG_0003")
-
-
-@pytest.fixture
-def cli_env(tmp_path, monkeypatch):
-    """Run the CLI in-process from an empty folder (no .env) with an empty MODEL_DIR."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
-    for var in ("LOUPE_SERVER", "LOUPE_API_KEY", "API_KEY", "API_KEYS", "RATE_LIMIT", "PRELOAD_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    return work
 
 
 def burst_frames() -> dict[str, np.ndarray]:
