@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from app.models.download import sha256_file
+
 log = logging.getLogger("loupe.models")
 
 RUNTIMES = ("onnxruntime", "openvino", "torch")
@@ -38,21 +40,17 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
 def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, or of a folder's files (names and contents, sorted), cached by path, size and mtime."""
+    """The SHA-256 of a file, or of a folder's files (each one's relative name and SHA-256, sorted; the exports
+    and their temporary files left out), cached by path, size and mtime."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix != ".onnx" and ".onnx" not in p.name) \
-        if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and ".onnx" not in p.name) if path.is_dir() else [path]
     stat_key = (str(path), sum(p.stat().st_size for p in files), max((p.stat().st_mtime_ns for p in files), default=0))
-    if stat_key in _sha_cache:
-        return _sha_cache[stat_key]
-    h = hashlib.sha256()
-    for p in files:
+    if stat_key not in _sha_cache:
         if path.is_dir():
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    _sha_cache[stat_key] = h.hexdigest()
+            listing = "".join(f"{p.relative_to(path).as_posix()}\0{sha256_file(p)}\n" for p in files)
+            _sha_cache[stat_key] = hashlib.sha256(listing.encode()).hexdigest()
+        else:
+            _sha_cache[stat_key] = sha256_file(path)
     return _sha_cache[stat_key]
 
 
