@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 from app.api.compat.dialects import register, tagger_style
 from app.api.deps import settings_of
 from app.core.config import API_VERSION, VERSION
-from app.core.errors import ApiError, ValidationFailed
+from app.core.errors import ApiError, UrlNotAllowed, ValidationFailed
 from app.core.ratelimit import guard
+from app.imaging import fetch
 from app.imaging.sources import ImageSource
 from app.models.tags import TOP_MAX
 from app.schemas import tasks as T
@@ -66,12 +67,14 @@ def applied_limits(top: int | None, minconf: float | None) -> tuple[int, float]:
 
 
 def check_url(url: str) -> None:
-    """image_tagger's `AnyHttpUrl`: an http(s) URL with a host, else its 422."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        msg = ("URL scheme not permitted" if parts.scheme and parts.hostname else "invalid or missing URL scheme")
+    """The fetcher's own URL check (http or https, a host), refused as image_tagger's `AnyHttpUrl` was: a 422."""
+    try:
+        fetch.check_url(url)
+    except UrlNotAllowed as exc:
+        parts = urlsplit(url)
+        msg = "URL scheme not permitted" if parts.scheme and parts.hostname else "invalid or missing URL scheme"
         raise ValidationFailed(f"Invalid request: query.url: {msg}",
-                               detail={"errors": [{"loc": ["query", "url"], "msg": msg, "type": "value_error.url.scheme"}]})
+                               detail={"errors": [{"loc": ["query", "url"], "msg": msg, "type": "value_error.url.scheme"}]}) from exc
 
 
 router = APIRouter(tags=[TAG], dependencies=[Depends(guard)])
