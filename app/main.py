@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -191,12 +192,8 @@ async def lifespan(app: FastAPI):
     app.state.http = client
     app.state.orchestrator = Orchestrator(settings, registry, pool, client)
     app.state.started_at = time.time()
-    try:
-        import torch
-
-        torch.set_num_threads(settings.threads)
-    except Exception:  # noqa: BLE001
-        pass
+    if sys.modules.get("torch") is not None:  # never imported for it: on ONNX Runtime / OpenVINO the service runs without torch
+        sys.modules["torch"].set_num_threads(settings.threads)
     if registry.preload_names():
         import asyncio
 

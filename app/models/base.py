@@ -72,6 +72,13 @@ class ModelAdapter(ABC):
         self.settings = settings
         self.device = "cpu"
 
+    @classmethod
+    def on_torch(cls, settings: Settings) -> bool:
+        """Whether this model runs on torch under `settings`: a torch model that has an ONNX export
+        (`export_onnx`) runs on ONNX Runtime / OpenVINO unless INFERENCE_RUNTIME=torch. Only then does the
+        registry resolve the torch device for it (which imports torch)."""
+        return cls.uses_torch and (settings.inference_runtime == "torch" or not hasattr(cls, "export_onnx"))
+
     # -- paths ----------------------------------------------------------------
     def resolve_path(self) -> Path:
         override = getattr(self.settings, self.path_setting, "") if self.path_setting else ""

@@ -38,6 +38,7 @@ import numpy as np
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
+from app.models.clip_files import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # BlipImageProcessor's defaults too
 from app.models.dinov2 import Dinov2Preprocessing, dinov2_pixel_values
 from app.models.download import hub_snapshot
 from app.models.torch_runtime import autocast, bf16_wanted, configure_torch_threads, resolve_device, source_rgb
@@ -48,9 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CAPTION_HUB_ID = "Salesforce/blip-image-captioning-base"
-#: transformers.image_utils.OPENAI_CLIP_MEAN / _STD (BlipImageProcessor's defaults)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESSOR_FILE = "preprocessor_config.json"
 #: transformers >= 5 saves a BlipProcessor's image processor inside this file instead (key "image_processor")
 PROCESSOR_FILE = "processor_config.json"
@@ -170,11 +168,11 @@ class CaptionAdapter(ModelAdapter):
 
     # -- lifecycle -------------------------------------------------------------------
     def load(self, path: Path, device: str) -> None:
+        path = Path(path)
+        self._ensure_files(path)  # before importing torch: a missing model costs nothing
         import torch
         from transformers import AutoTokenizer, BlipForConditionalGeneration
 
-        path = Path(path)
-        self._ensure_files(path)
         kind = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
         if kind != "blip":
             raise ValueError(f"{path / 'config.json'} describes a {kind!r} model, not blip")

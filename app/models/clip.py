@@ -1,4 +1,4 @@
-"""CLIP image/text embeddings (transformers `CLIPModel`) and the LAION aesthetic head.
+"""CLIP image/text embeddings (transformers `CLIPModel`).
 
 Where the CLIP files live (`CLIP_MODEL_NAME`):
 
@@ -27,13 +27,14 @@ equal to it on the tests' photos and random sizes, for the ONNX runtimes.
   cached in it (`clip_image.onnx`: pixel_values (N, 3, 224, 224) → the projected image
   embedding; `clip_text.onnx`: input_ids + attention_mask (N, L), batch and sequence
   dynamic → the projected text embedding), stamped with the SHA-256 of the folder's
-  files, so changed weights are exported again on the next load. torch is used for the
-  export only; transformers still supplies the tokenizer and reads the configs.
+  files, so changed weights are exported again on the next load. torch and transformers
+  are used for the export only: the tokenizer (saved by transformers at export time), the
+  preprocessing and the sizes are read without them (clip_files.py), so the service runs
+  without importing torch (tests/unit/test_torch_free.py).
 * `torch`: `CLIPModel` in eager PyTorch, as before (CUDA, bf16 autocast).
 
 Both give the embedding before L2 normalisation (`image_features` / `text_features`);
-`predict` / `embed_text` normalise it. The LAION head is one dot product in numpy on
-every runtime (its checkpoint is read with torch.load at load time).
+`predict` / `embed_text` normalise it. The LAION head on these embeddings is laion.py.
 """
 
 from __future__ import annotations
@@ -49,11 +50,16 @@ import numpy as np
 
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
-from app.models import outputs
 from app.models.base import ModelAdapter, ModelNotFound
-from app.models.download import fetch, hub_snapshot
+from app.models.clip_files import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ClipTextTokenizer,
+    clip_tokenizer_file,
+    read_clip_preprocessing,
+)
+from app.models.download import hub_snapshot
 from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
-from app.models.outputs import Output
 from app.models.resample import BICUBIC, resize_uint8
 from app.models.torch_runtime import (
     autocast,
@@ -67,12 +73,10 @@ from app.models.torch_runtime import (
 )
 
 if TYPE_CHECKING:
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel
 
 log = logging.getLogger(__name__)
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 #: what `download` fetches from a CLIP repo on the hub
 CLIP_ALLOW_PATTERNS = [
@@ -95,18 +99,6 @@ def is_hub_id(name: str) -> bool:
     if Path(name).expanduser().exists():
         return False
     return bool(_HUB_ID.match(name))
-
-
-def _size_value(size: Any, *keys: str) -> int | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return size
-    for k in keys:
-        v = size.get(k) if isinstance(size, dict) else getattr(size, k, None)
-        if v:
-            return int(v)
-    return None
 
 
 def clip_pixel_values(
@@ -243,7 +235,7 @@ class ClipAdapter(ModelAdapter):
         self.model: CLIPModel | None = None
         self.image_session: Session | None = None
         self.text_session: Session | None = None
-        self.tokenizer: CLIPTokenizer | None = None
+        self.tokenizer: ClipTextTokenizer | None = None
         self.folder: Path | None = None
         self.model_name: str = settings.clip_model_name
         self.dim: int | None = None
@@ -285,7 +277,7 @@ class ClipAdapter(ModelAdapter):
         model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         return model.eval().requires_grad_(False)
 
-    def export_onnx(self, path: Path, tokenizer: Any = None) -> tuple[Path, Path]:
+    def export_onnx(self, path: Path) -> tuple[Path, Path]:
         """The folder's two ONNX graphs, exported when missing or made from other files
         (`onnx_runtime.ensure_onnx`, keyed by the SHA-256 of the folder's files):
 
@@ -312,12 +304,12 @@ class ClipAdapter(ModelAdapter):
                 export_module(tower, [torch.zeros(1, 3, size, size)], dest, ["pixel_values"], ["embedding"])
 
         def export_text(dest: Path) -> None:
-            from transformers import CLIPTokenizer
+            import torch
 
-            tok = tokenizer or CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
-            example = tok(["a photo of a cat on a mat", "a"], padding=True, return_tensors="pt")
+            tok = ClipTextTokenizer(clip_tokenizer_file(path))
+            ids, mask = tok(["a photo of a cat on a mat", "a"])
             with _quiet_trace():
-                export_module(towers()[1], [example["input_ids"], example["attention_mask"]], dest,
+                export_module(towers()[1], [torch.from_numpy(ids), torch.from_numpy(mask)], dest,
                               ["input_ids", "attention_mask"], ["embedding"],
                               dynamic={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
 
@@ -326,8 +318,6 @@ class ClipAdapter(ModelAdapter):
         return image, text
 
     def load(self, path: Path, device: str) -> None:
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
-
         path = Path(path)
         name = self.settings.clip_model_name.strip()
         if not self.has_files(path):
@@ -344,48 +334,32 @@ class ClipAdapter(ModelAdapter):
                     f"CLIP model files (config.json + model.safetensors/pytorch_model.bin) not found at {path} "
                     f"(CLIP_MODEL_NAME={name!r}); {how}"
                 )
-        runtime = self.settings.inference_runtime
-        model = None
-        if runtime == "torch":
-            configure_torch_threads(self.settings)
-            device = resolve_device(device, as_given=True)
-            model = self.build(path)
-            net: Any = model  # transformers types `to` as a wrapper mypy cannot call
-            net.to(device)  # in place (nn.Module.to)
-            config = model.config
-        else:
-            config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
-            device = "cpu"
         try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.tokenizer = ClipTextTokenizer(clip_tokenizer_file(path))
         except Exception as exc:
             raise ModelNotFound(f"CLIP tokenizer files not found or unreadable in {path}: {exc}") from exc
-        # CLIPConfig turns dict sub-configs into their classes, and CLIPModel sizes its projections from projection_dim
-        vision, text, dim = config.vision_config, config.text_config, config.projection_dim
-        assert isinstance(vision, CLIPVisionConfig) and isinstance(text, CLIPTextConfig) and dim is not None
-        self.shortest_edge, self.crop = 224, (224, 224)
-        self.mean, self.std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        if (path / "preprocessor_config.json").is_file():
-            proc = CLIPImageProcessor.from_pretrained(str(path), local_files_only=True)
-            self.shortest_edge = _size_value(proc.size, "shortest_edge", "height") or 224
-            ch = _size_value(proc.crop_size, "height") or self.shortest_edge
-            cw = _size_value(proc.crop_size, "width") or ch
-            self.crop = (ch, cw)
-            self.mean = tuple(float(v) for v in proc.image_mean)
-            self.std = tuple(float(v) for v in proc.image_std)
-        else:
-            size = _size_value(vision.image_size) or 224
-            self.shortest_edge, self.crop = size, (size, size)
-        if model is None:
-            image_graph, text_graph = self.export_onnx(path, tokenizer)
+        runtime = self.settings.inference_runtime
+        if runtime == "torch":
+            configure_torch_threads(self.settings)
+            self.device = resolve_device(device, as_given=True)
+            self.model = self.build(path)
+            net: Any = self.model  # transformers types `to` as a wrapper mypy cannot call
+            net.to(self.device)  # in place (nn.Module.to)
+            config: Any = self.model.config  # CLIPConfig: its sub-configs are typed as dicts too
+            self.dim = int(config.projection_dim)
+            image_size = int(config.vision_config.image_size)
+            self.bf16 = bf16_wanted(self.settings, self.device)
+        else:  # the graphs say what the configs would: no transformers, no torch (unless they must be exported)
+            image_graph, text_graph = self.export_onnx(path)
             threads = torch_threads_for(self.settings)
             self.image_session = Session(image_graph, runtime, threads)
             self.text_session = Session(text_graph, runtime, threads)
-        self.model, self.tokenizer, self.device, self.folder = model, tokenizer, device, path
-        self.dim = int(dim)
-        self.max_text_len = int(text.max_position_embeddings)
-        self.model_name = name
-        self.bf16 = model is not None and bf16_wanted(self.settings, device)
+            self.device = "cpu"
+            self.dim = int(self.image_session.output_shape("embedding")[1] or 0)
+            image_size = int(self.image_session.input_shape("pixel_values")[2] or 224)
+        self.shortest_edge, self.crop, self.mean, self.std = read_clip_preprocessing(path, image_size)
+        self.max_text_len = self.tokenizer.max_length
+        self.folder, self.model_name = path, name
 
     # -- inference -------------------------------------------------------------------
     def prepare(self, image: DecodedImage) -> np.ndarray:
@@ -393,7 +367,7 @@ class ClipAdapter(ModelAdapter):
         (1.3 ms a photo), else their numpy port (bit-identical, about 5 ms): the ONNX runtimes never need torch."""
         import sys
 
-        on_torch = self.image_session is None or "torch" in sys.modules
+        on_torch = self.image_session is None or sys.modules.get("torch") is not None
         key = ("clip_pixels" if on_torch else "clip_pixels_np", self.shortest_edge, self.crop, self.mean, self.std)
         pixels = clip_pixel_values if on_torch else clip_pixel_values_np
 
@@ -437,24 +411,16 @@ class ClipAdapter(ModelAdapter):
             raise RuntimeError("clip is not loaded")
         if not texts:
             return np.zeros((0, self.dim or 0), np.float32)
+        ids, mask = self.tokenizer(list(texts))
         if self.text_session is not None:
-            tok = self.tokenizer(
-                list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="np"
-            )
-            return self.text_session.run(
-                input_ids=np.asarray(tok["input_ids"], np.int64), attention_mask=np.asarray(tok["attention_mask"], np.int64)
-            )[0].astype(np.float32, copy=False)
+            return self.text_session.run(input_ids=ids, attention_mask=mask)[0].astype(np.float32, copy=False)
         import torch
 
         assert self.model is not None
         configure_torch_threads(self.settings)
-        tok = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_text_len, return_tensors="pt"
-        )
         with torch.inference_mode(), autocast(self.device, self.bf16):
             pooled = self.model.text_model(
-                input_ids=tok["input_ids"].to(self.device),
-                attention_mask=tok["attention_mask"].to(self.device),
+                input_ids=torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device)
             ).pooler_output
             emb = self.model.text_projection(pooled)
         return emb.float().cpu().numpy()
@@ -462,87 +428,3 @@ class ClipAdapter(ModelAdapter):
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) L2-normalised float32 text embeddings."""
         return l2_normalize(self.text_features(texts))
-
-
-# --------------------------------------------------------------------------------------
-# LAION aesthetic predictor V1 (linear head on CLIP image embeddings)
-# --------------------------------------------------------------------------------------
-
-LAION_FILES = {512: "sa_0_4_vit_b_32_linear.pth", 768: "sa_0_4_vit_l_14_linear.pth"}
-LAION_SHA256 = {
-    "sa_0_4_vit_b_32_linear.pth": "c7b14cead230694acc7b9447974d3cad78003c72da032e402a303b6c2429e85f",
-    "sa_0_4_vit_l_14_linear.pth": "2cd4e60f4f24ae3bcd57b847b13c1f3ba27edc28cc1a7f9ce74ee9f421243cba",
-}
-_LAION_URL = "https://github.com/LAION-AI/aesthetic-predictor/raw/main/"
-
-
-class LaionAestheticAdapter(ModelAdapter):
-    """`score = w · normalize(clip_image_embedding) + b`, about 1..10, higher is better.
-
-    prepare/predict take CLIP image embeddings (the `clip` adapter's output), not
-    images. Every head file present in the folder is loaded (a few KB each); the
-    one whose width equals the embedding's is used, so the same folder serves
-    ViT-B/32 (512) and ViT-L/14 (768).
-    """
-
-    name: ClassVar[str] = "laion_aesthetic"
-    title: ClassVar[str] = "LAION aesthetic predictor V1 (linear head on CLIP embeddings)"
-    path_setting: ClassVar[str | None] = "laion_aesthetic_path"
-    default_subdir: ClassVar[str] = "laion_aesthetic"
-    source: ClassVar[str] = _LAION_URL + LAION_FILES[512]
-    files: ClassVar[tuple[str, ...]] = tuple(LAION_FILES.values())
-    sha256: ClassVar[dict[str, str]] = LAION_SHA256
-    output: ClassVar[Output | None] = outputs.LAION_AESTHETIC
-    depends: ClassVar[tuple[str, ...]] = ("clip",)  # its inputs are CLIP image embeddings
-    max_batch: ClassVar[int] = 1024
-
-    def __init__(self, settings: Settings):
-        super().__init__(settings)
-        self.heads: dict[int, tuple[np.ndarray, float]] = {}
-
-    @classmethod
-    def download(cls, dest: Path) -> Path:
-        dest = Path(dest).expanduser()
-        for fname in cls.files:
-            fetch([_LAION_URL + fname], dest / fname, sha256=LAION_SHA256[fname])
-        return dest
-
-    def load(self, path: Path, device: str) -> None:
-        import torch
-
-        path = Path(path)
-        files = [path] if path.is_file() else [path / f for f in self.files if (path / f).is_file()]
-        if not files:
-            raise ModelNotFound(
-                f"LAION aesthetic head not found at {path}: expected {' or '.join(self.files)} "
-                f"(scripts/download_models.py laion_aesthetic, or set LAION_AESTHETIC_PATH)"
-            )
-        heads: dict[int, tuple[np.ndarray, float]] = {}
-        for f in files:
-            sd = torch.load(str(f), map_location="cpu", weights_only=True)
-            sd = {k.split(".")[-1]: v for k, v in sd.items()}  # accept "layers.0.weight" style too
-            w = sd["weight"].float().numpy().reshape(-1)
-            b = float(sd["bias"].float().reshape(-1)[0])
-            heads[w.shape[0]] = (w.astype(np.float32), b)
-        self.heads = heads
-        self.device = "cpu"
-
-    @property
-    def dims(self) -> list[int]:
-        return sorted(self.heads)
-
-    def prepare(self, embedding: Any) -> np.ndarray:
-        return l2_normalize(np.asarray(embedding, dtype=np.float32).reshape(-1))
-
-    def predict(self, batch: Sequence[np.ndarray]) -> list[float]:
-        if not batch:
-            return []
-        x = l2_normalize(np.stack([np.asarray(b, np.float32).reshape(-1) for b in batch]))
-        head = self.heads.get(x.shape[1])
-        if head is None:
-            raise ValueError(
-                f"no LAION aesthetic head for {x.shape[1]}-d CLIP embeddings (loaded: {self.dims}); "
-                f"ViT-B/32 needs {LAION_FILES[512]}, ViT-L/14 needs {LAION_FILES[768]}"
-            )
-        w, b = head
-        return [float(v) for v in x.astype(np.float64) @ w.astype(np.float64) + b]

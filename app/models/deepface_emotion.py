@@ -19,8 +19,10 @@ weights file: the graph is cached beside it as
 ``facial_expression_model_weights.emotion.onnx``, keyed by the file's SHA-256), fed
 exactly what DeepFace feeds it (`emotion_input`: grey, 48x48, [0, 1]); ``torch`` is
 DeepFace's client as it is, the reference. Detection and the crops are DeepFace's on
-every runtime. The ONNX runtimes need DeepFace's pytorch engine (the default here):
-with DEEPFACE_BACKEND_ENGINE=onnx or tensorflow DeepFace's own client runs instead.
+every runtime. On the ONNX runtimes DEEPFACE_BACKEND_ENGINE only picks what DeepFace runs its
+detectors on (pytorch, or onnx where torch is not installed): the CNN is always the export of the
+pytorch weights file, so the service needs no torch once it is exported. On INFERENCE_RUNTIME=torch
+DeepFace's own client runs on that engine.
 """
 
 from __future__ import annotations
@@ -66,11 +68,23 @@ _deepface_downloads_allowed = False
 _deepface_guard_lock = threading.Lock()
 
 
+def torch_installed() -> bool:
+    """Whether `import torch` can work here, without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # sys.modules["torch"] is None: imports of it are blocked
+        return False
+
+
 def configure_deepface_env(home: Path) -> None:
     """Environment DeepFace reads. DEEPFACE_HOME is read on every weight lookup; the
     backend engine and the log level are fixed by deepface at first use / import."""
     os.environ["DEEPFACE_HOME"] = str(home)
-    os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch")
+    # the engine DeepFace runs its own models on (here: the detectors, and the emotion CNN on INFERENCE_RUNTIME=torch);
+    # onnx where torch is not installed, since DeepFace refuses an engine whose package is missing
+    os.environ.setdefault("DEEPFACE_BACKEND_ENGINE", "pytorch" if torch_installed() else "onnx")
     os.environ.setdefault("DEEPFACE_LOG_LEVEL", str(logging.WARNING))
 
 
@@ -143,7 +157,10 @@ class DeepFaceEmotion:
 
         from deepface.commons import backend_utils
 
-        engine = backend_utils.get_backend_engine()  # cached by deepface for the process
+        runtime = settings.inference_runtime
+        # torch: DeepFace's own client, on its engine (DEEPFACE_BACKEND_ENGINE), with its checks. The ONNX runtimes
+        # run the graph exported from the pytorch weights file whatever engine DeepFace's detectors run on
+        engine = backend_utils.get_backend_engine() if runtime == "torch" else "pytorch"
         weights = home / ".deepface" / "weights" / DEEPFACE_EMOTION_FILES.get(engine, "?")
         if not weights.is_file() and not settings.allow_model_downloads:
             raise ModelNotFound(
@@ -160,8 +177,7 @@ class DeepFaceEmotion:
         self.client: Any = None
         self.session: Session | None = None
         self.weights = weights
-        runtime = settings.inference_runtime
-        if runtime != "torch" and engine == "pytorch":
+        if runtime != "torch":
             if not weights.is_file():  # downloads allowed (checked above): DeepFace's own fetch, guarded
                 from deepface.commons import weight_utils
 
@@ -170,8 +186,6 @@ class DeepFaceEmotion:
                 )
             self.session = Session(export_emotion_onnx(home, weights), runtime, torch_threads_for(settings))
         else:
-            if runtime != "torch":
-                log.info("DeepFace engine %s: its emotion model runs as DeepFace runs it, not on %s", engine, runtime)
             # A fresh instance (not modeling.build_model's process-wide cache), so a reload
             # reads the files of the current DEEPFACE_HOME. Built once, reused by every call.
             self.client = modeling.get_model_class(task="facial_attribute", model_name="Emotion")()

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter
 from app.models.deepface_emotion import (
@@ -60,6 +61,12 @@ class EmotionAdapter(ModelAdapter):
         if backend not in self.BACKENDS:
             raise ValueError(f"EMOTION_MODEL must be one of {self.BACKENDS}, not {backend!r}")
         return backend
+
+    @classmethod
+    def on_torch(cls, settings: Settings) -> bool:
+        """DeepFace's CNN runs on the ONNX runtimes (unless INFERENCE_RUNTIME=torch); the mini-Xception on torch."""
+        backend = str(settings.emotion_model or "deepface").lower()
+        return settings.inference_runtime == "torch" or backend == "mini_xception"
 
     def resolve_path(self) -> Path:
         if self.backend == "mini_xception":

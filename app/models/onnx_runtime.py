@@ -18,10 +18,11 @@ tests/unit/test_onnx_runtime.py checks each model's outputs against torch on rea
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,63 @@ def sha256_of(path: Path) -> str:
     return _sha_cache[stat_key]
 
 
+def _varint(f: Any) -> int | None:
+    """One protobuf varint from file-like `f` (None at the end of the input)."""
+    result = shift = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            return None
+        result |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("malformed varint")
+
+
+def _fields(f: Any, wanted: int) -> Iterator[bytes]:
+    """The payloads of length-delimited field `wanted` at the top level of a protobuf message read from `f`,
+    skipping every other field by its length (so a graph's weights are never read)."""
+    while (tag := _varint(f)) is not None:
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(f)
+        elif wire == 1:
+            f.seek(8, io.SEEK_CUR)
+        elif wire == 5:
+            f.seek(4, io.SEEK_CUR)
+        elif wire == 2:
+            size = _varint(f) or 0
+            if field == wanted:
+                payload = f.read(size)
+                if len(payload) < size:
+                    return  # truncated file
+                yield payload
+            else:
+                f.seek(size, io.SEEK_CUR)
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def metadata_props(onnx_file: Path) -> dict[str, str]:
+    """An ONNX file's `metadata_props` (ModelProto field 14: key 1, value 2) read from the protobuf wire format
+    directly: a few hundred bytes are read and the graph is skipped by its length, where `onnx.load` would parse
+    the whole file (hundreds of MB of weights, resident until the allocator returns them)."""
+    props: dict[str, str] = {}
+    with open(onnx_file, "rb") as f:
+        for entry in _fields(f, 14):
+            key = b"".join(_fields(io.BytesIO(entry), 1)).decode("utf-8")
+            props[key] = b"".join(_fields(io.BytesIO(entry), 2)).decode("utf-8")
+    return props
+
+
 def stamped_source(onnx_file: Path) -> str | None:
     """The source hash stamped into an exported graph's metadata (None: absent or unreadable)."""
     try:
-        import onnx
-
-        model = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file is re-exported
+        return metadata_props(onnx_file).get(SOURCE_KEY)
+    except (OSError, ValueError):  # a truncated or foreign file is re-exported
         return None
-    return next((p.value for p in model.metadata_props if p.key == SOURCE_KEY), None)
 
 
 def ensure_onnx(source: Path, dest: Path, export: Callable[[Path], None], what: str) -> Path:
@@ -148,6 +197,23 @@ class Session:
                                                          "INFERENCE_PRECISION_HINT": "f32"})
             self.input_names = [i.get_any_name() for i in self._ov.inputs]
             self.output_names = [o.get_any_name() for o in self._ov.outputs]
+
+    def input_shape(self, name: str) -> list[int | None]:
+        """An input's shape as the graph declares it (None: a dynamic axis, e.g. the batch)."""
+        return self._shape(name, inputs=True)
+
+    def output_shape(self, name: str) -> list[int | None]:
+        """An output's shape as the graph declares it (None: a dynamic axis)."""
+        return self._shape(name, inputs=False)
+
+    def _shape(self, name: str, inputs: bool) -> list[int | None]:
+        if self.runtime == "onnxruntime":
+            nodes = self._ort.get_inputs() if inputs else self._ort.get_outputs()
+            node = next(n for n in nodes if n.name == name)
+            return [d if isinstance(d, int) else None for d in node.shape]
+        ports = self._ov.inputs if inputs else self._ov.outputs
+        port = next(p for p in ports if name in p.get_names())
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
     def run(self, **inputs: np.ndarray) -> list[np.ndarray]:
         """The outputs, in the graph's order. Thread-safe (OpenVINO: one infer request per call)."""

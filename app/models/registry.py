@@ -48,7 +48,7 @@ CATALOG: dict[str, str] = {
     "nima_technical": "app.models.nima:NimaTechnicalAdapter",
     "nima_aesthetic": "app.models.nima:NimaAestheticAdapter",
     "clip": "app.models.clip:ClipAdapter",
-    "laion_aesthetic": "app.models.clip:LaionAestheticAdapter",
+    "laion_aesthetic": "app.models.laion:LaionAestheticAdapter",
     "faces": "app.models.faces:YunetAdapter",
     "emotion": "app.models.emotion:EmotionAdapter",
     "mobilenet": "app.models.mobilenet:MobileNetEmbedAdapter",
@@ -127,8 +127,21 @@ class ModelRegistry:
         self.pool = pool
         self.catalog = dict(catalog if catalog is not None else CATALOG)
         self._entries = {name: _Entry(name) for name in self.catalog}
-        self.device = resolve_device(settings.device)
+        self._device: str | None = None
         self._ttl_task: asyncio.Task | None = None
+
+    @property
+    def device(self) -> str:
+        """The device torch models run on (DEVICE resolved), at the first load of a model on torch: resolving
+        it imports torch, which a service whose models all run on ONNX Runtime / OpenVINO never needs."""
+        if self._device is None:
+            self._device = resolve_device(self.settings.device)
+        return self._device
+
+    def device_in_use(self) -> str:
+        """What /health reports: the torch device once a model on torch needed it, else the CPU (the ONNX
+        runtimes' device) without importing torch to find out."""
+        return self._device or ("cpu" if self.settings.inference_runtime != "torch" else self.device)
 
     # -- introspection -----------------------------------------------------------
     def names(self) -> list[str]:
@@ -201,12 +214,14 @@ class ModelRegistry:
             try:
                 cls = self.contract(name)
                 adapter = cls(self.settings)
-                device = self.device if cls.uses_torch else "cpu"
                 path = adapter.resolve_path()
+                # a torch model whose files are absent fails its load: resolving the device for it would import
+                # torch (400 MiB) into a service whose models all run on ONNX Runtime / OpenVINO, for nothing
+                needs_device = cls.on_torch(self.settings) and (
+                    self.settings.inference_runtime == "torch" or self.settings.allow_model_downloads or path.exists())
+                device = self.device if needs_device else "cpu"
                 adapter.load(path, device)
-                if self.settings.inference_runtime == "torch" or not hasattr(cls, "export_onnx"):
-                    adapter.device = device
-                # else: on ONNX Runtime / OpenVINO the adapter says where it runs (the CPU)
+                adapter.device = device
             except Exception as exc:  # noqa: BLE001
                 e.state = State.FAILED
                 e.failed_at = time.monotonic()

@@ -32,39 +32,13 @@ from app.models.dinov2 import (
     resized_shape,
 )
 from app.models.registry import ModelRegistry
+from tests.factories.models import DINOV2_HIDDEN as HIDDEN
+from tests.factories.models import dinov2_processor, write_tiny_dinov2
 from tests.helpers import PROJECT_ROOT, decoded, photo, upscale
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
-HIDDEN = 32
-
-
-def tiny_config():
-    from transformers import Dinov2Config
-
-    return Dinov2Config(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=56)
-
-
-def dinov2_processor(**overrides):
-    """The processor facebook/dinov2-* repos ship (transformers' convert_dinov2_to_hf.py)."""
-    from transformers import BitImageProcessor
-    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-
-    kw = dict(size={"shortest_edge": 256}, resample=PILImageResampling.BICUBIC, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
-    return BitImageProcessor(**{**kw, **overrides})
-
-
-def write_tiny_dinov2(folder: Path, *, processor=True, seed: int = 0, **processor_overrides) -> Path:
-    """config.json + model.safetensors (+ preprocessor_config.json) in `folder`."""
-    import torch
-    from transformers import Dinov2Model
-
-    torch.manual_seed(seed)
-    Dinov2Model(tiny_config()).eval().save_pretrained(str(folder))
-    if processor:
-        dinov2_processor(**processor_overrides).save_pretrained(str(folder))
-    return Path(folder)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

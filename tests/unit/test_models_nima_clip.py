@@ -16,13 +16,8 @@ import pytest
 from app.core.config import Settings
 from app.imaging.decode import DecodedImage
 from app.models.base import ModelNotFound
-from app.models.clip import (
-    LAION_FILES,
-    ClipAdapter,
-    LaionAestheticAdapter,
-    clip_pixel_values,
-    is_hub_id,
-)
+from app.models.clip import ClipAdapter, clip_pixel_values, is_hub_id
+from app.models.laion import LAION_FILES, LaionAestheticAdapter
 from app.models.nima import (
     NIMA_INPUT_SIZE,
     NimaAestheticAdapter,

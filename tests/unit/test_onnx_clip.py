@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from app.imaging.decode import decode_image
-from app.models.clip import LAION_FILES, ClipAdapter, LaionAestheticAdapter, clip_pixel_values, clip_pixel_values_np
+from app.models.clip import ClipAdapter, clip_pixel_values, clip_pixel_values_np
+from app.models.clip_files import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ClipTextTokenizer,
+    clip_tokenizer_file,
+    read_clip_preprocessing,
+)
+from app.models.laion import LAION_FILES, LaionAestheticAdapter
 from app.models.onnx_runtime import onnx_file_for, stamped_source
 from tests.factories.models import write_tiny_clip
 from tests.helpers import SHARED_WEIGHTS, encode, load_adapter, photo
@@ -112,11 +120,62 @@ def test_image_embeddings_equal_torchs(adapters, images):
         assert adapter.predict([]) == [] and adapter.image_features([]).shape == (0, 512)
 
 
+def test_the_tokenizer_is_transformers_own_without_transformers(clip_folder, adapters):
+    """The tokenizer file the export writes, read with `tokenizers` alone, gives transformers' CLIPTokenizer ids
+    and masks (padding=True, truncation=True, max_length=77) on texts of every kind, batched and alone."""
+    from transformers import CLIPTokenizer
+
+    reference = CLIPTokenizer.from_pretrained(str(clip_folder), local_files_only=True)
+    texts = [*TEXTS, "  Two   spaces\tand a TAB\n", "Ünïcödé café — naïve façade", "emoji 📷🙂 and ½ ligatures ﬁ",
+             "numbers 1234567 and 3.14", "UPPER lower MiXeD", "punctuation!?,.;:'\"()[]", "x" * 300, "日本語のテキスト"]
+    tok = clip_tokenizer_file(clip_folder)
+    assert tok.parent == clip_folder and ".onnx." in tok.name  # an export artefact, left out of the folder's hash
+    ours = ClipTextTokenizer(tok)
+    assert ours.max_length == 77
+    ids, mask = ours(texts)
+    want = reference(texts, padding=True, truncation=True, max_length=77)
+    assert ids.dtype == mask.dtype == np.int64
+    assert ids.tolist() == want["input_ids"] and mask.tolist() == want["attention_mask"]
+    assert ids.shape[1] == 77  # the long texts are truncated at the context, end token kept
+    for text in texts:
+        one_ids, one_mask = ours([text])
+        want_one = reference([text], padding=True, truncation=True, max_length=77)
+        assert one_ids.tolist() == want_one["input_ids"] and one_mask.tolist() == want_one["attention_mask"]
+    for runtime in ("torch", *RUNTIMES):  # every runtime tokenizes with it
+        assert isinstance(adapters[runtime].tokenizer, ClipTextTokenizer) and adapters[runtime].max_text_len == 77
+
+
+@pytest.mark.parametrize("config", [
+    None,
+    {"size": {"shortest_edge": 256}, "crop_size": {"height": 240, "width": 200}, "image_mean": [0.5, 0.4, 0.3],
+     "image_std": [0.2, 0.25, 0.3]},
+    {"size": 288, "crop_size": 256},
+    {"image_mean": [0.1, 0.2, 0.3]},
+])
+def test_the_preprocessing_is_read_as_clipimageprocessor_reads_it(tmp_path, config):
+    import json
+
+    from transformers import CLIPImageProcessor
+
+    if config is not None:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "CLIPImageProcessor",
+                                                                         **config}))
+    shortest, crop, mean, std = read_clip_preprocessing(tmp_path, 224)
+    if config is None:
+        assert (shortest, crop, mean, std) == (224, (224, 224), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        return
+    proc = CLIPImageProcessor.from_pretrained(str(tmp_path), local_files_only=True)
+    assert shortest == proc.size["shortest_edge"]
+    assert crop == (proc.crop_size["height"], proc.crop_size["width"])
+    np.testing.assert_allclose(mean, proc.image_mean)
+    np.testing.assert_allclose(std, proc.image_std)
+
+
 def test_text_embeddings_equal_torchs_for_any_length(adapters):
     """One padded batch of texts from 2 to 77 tokens, and each text alone (the sequence axis is dynamic)."""
-    ids = adapters["torch"].tokenizer(TEXTS, padding=True, truncation=True, max_length=77)["input_ids"]
-    lengths = {len(x) for x in adapters["torch"].tokenizer(TEXTS, truncation=True, max_length=77)["input_ids"]}
-    assert len(ids[0]) == 77 and len(lengths) == len(TEXTS)
+    ids, _ = adapters["torch"].tokenizer(TEXTS)
+    lengths = {int(m.sum()) for m in (adapters["torch"].tokenizer([t])[1] for t in TEXTS)}
+    assert ids.shape[1] == 77 and len(lengths) == len(TEXTS)
     ref = adapters["torch"].text_features(TEXTS)
     alone_ref = np.concatenate([adapters["torch"].text_features([t]) for t in TEXTS])
     for runtime in RUNTIMES:

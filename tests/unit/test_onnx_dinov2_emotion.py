@@ -15,7 +15,7 @@ from app.models.onnx_runtime import onnx_file_for, stamped_source
 from app.models.torch_runtime import uint8_chw_tensor
 from tests.factories.faces import write_random_deepface_emotion_weights
 from tests.helpers import encode, load_adapter, photo
-from tests.unit.test_dinov2 import write_tiny_dinov2
+from tests.factories.models import write_tiny_dinov2
 
 # the export's TracerWarnings are about values that are constant for DINOv2 (3 channels; not causal)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",

@@ -35,7 +35,7 @@ def health_payload(request: Request) -> tuple[HealthResponse, int]:
     else:
         status = "ok"
     body = HealthResponse(status=status, version=VERSION, api_version=API_VERSION,
-                          uptime_s=round(time.time() - state.started_at, 3), device=registry.device,
+                          uptime_s=round(time.time() - state.started_at, 3), device=registry.device_in_use(),
                           models=models, problems=problems)
     return body, 503 if status == "unavailable" else 200
 
