@@ -23,7 +23,7 @@ from app.core.config import VERSION, Settings, get_settings
 from app.core.errors import ApiError, PayloadTooLarge, validation_failed
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
-from app.core.ratelimit import AccessControl
+from app.core.ratelimit import AccessControl, redact_uri
 from app.imaging.fetch import make_client
 from app.models.registry import ModelRegistry
 from app.services.orchestrator import Orchestrator
@@ -202,6 +202,12 @@ async def lifespan(app: FastAPI):
             if err:
                 log.error("preload of %s failed: %s", name, err)
     registry.start_ttl_task()
+    access: AccessControl = app.state.access
+    if access.shared:  # one PING off the loop: the log says at once whether the shared rate limits work
+        import anyio.to_thread
+
+        if await anyio.to_thread.run_sync(access.probe):
+            log.info("rate limits shared in %s (if it fails: %s)", redact_uri(access.storage_uri), access.failure_mode)
     app.state.accepting = True
     try:
         yield

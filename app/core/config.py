@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     rate_limit: str = ""  # slowapi syntax, e.g. "60/minute"; empty disables
     auth_fail_limit: str = "20/minute"  # failed authentications per client IP; empty disables
     forwarded_allow_ips: str = ""  # proxies whose X-Forwarded-For is trusted: IPs/CIDRs, "*" = any; empty = none
+    # where RATE_LIMIT and AUTH_FAIL_LIMIT count: memory:// (per worker) or a Redis shared by workers and replicas
+    rate_limit_storage_uri: str = "memory://"
+    # what a request gets while that storage cannot be reached (local / open / closed: app.core.ratelimit)
+    rate_limit_storage_failure: Literal["local", "open", "closed"] = "local"
+    rate_limit_storage_timeout_s: float = Field(default=0.5, gt=0, le=30)  # connect and read timeout of each call
     prometheus_enabled: bool = True
     analysis_threads: int = Field(default=0, ge=0, le=64)  # 0 = number of CPUs
     batch_concurrency: int = Field(default=4, ge=1, le=64)
@@ -150,6 +155,20 @@ class Settings(BaseSettings):
     app_name: str = Field(default="loupe", min_length=1, max_length=100)  # this deployment's name
     app_version: str = Field(default="", max_length=100)  # this deployment's version label; empty = Loupe's version
 
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _storage_scheme(cls, v: str) -> str:
+        """An unknown scheme stops start-up here; the rest of the URI is checked when the app builds the storage.
+        The message names the scheme only: the URI may carry a password."""
+        v = v.strip()
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            hint = (" (Loupe runs the synchronous storage off the event loop: drop the 'async+')"
+                    if scheme.startswith("async+") else "")
+            raise ValueError(f"RATE_LIMIT_STORAGE_URI: scheme {scheme + '://' if scheme else '(none)'} is not supported"
+                             f"{hint}; use one of {', '.join(s + '://' for s in RATE_LIMIT_STORAGE_SCHEMES)}")
+        return v
+
     @field_validator("bright_max")
     @classmethod
     def _bright_order(cls, v: float, info):  # noqa: ANN001
@@ -222,6 +241,9 @@ class Settings(BaseSettings):
     def preload_list(self) -> list[str]:
         return [m.strip() for m in self.preload_models.split(",") if m.strip()]
 
+
+#: RATE_LIMIT_STORAGE_URI's schemes: the `limits` storages whose client Loupe installs (redis) and sets timeouts for
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 #: settings of the services Loupe replaces, read as aliases of Loupe's (image-quality-gate's names; BRIGHT_MIN,
 #: BRIGHT_MAX, APP_NAME, APP_VERSION, LOG_LEVEL and LOG_JSON are the same names in both)

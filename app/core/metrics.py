@@ -39,3 +39,14 @@ DECODE_BUDGET_IN_USE = Gauge(
     "loupe_decode_budget_bytes_in_use", "Decode working memory reserved now (of DECODE_MEMORY_MB).",
     registry=REGISTRY,
 )
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "loupe_rate_limit_storage_errors_total",
+    "Requests whose rate limits could not be checked in RATE_LIMIT_STORAGE_URI (it failed, or was being left "
+    "alone for a second after a failure), by RATE_LIMIT_STORAGE_FAILURE: local = counted in this worker's memory "
+    "instead, open = let through uncounted, closed = refused with 503.",
+    ["mode"], registry=REGISTRY,
+)
+RATE_LIMIT_STORAGE_UP = Gauge(
+    "loupe_rate_limit_storage_up", "1 when the last call to the rate-limit storage succeeded, 0 when it failed.",
+    registry=REGISTRY,
+)

@@ -12,26 +12,63 @@ nothing to dodge:
 3. RATE_LIMIT is counted per *valid* key, else per client IP. A made-up key never gets a bucket
    of its own: without API_KEYS every request counts against its IP.
 
-Counters live in the `limits` library's storage (moving window, in memory per worker process).
+Counters live in the `limits` library's storage (moving window) named by RATE_LIMIT_STORAGE_URI:
+`memory://` (the default) keeps them in each worker process, so N workers allow N times RATE_LIMIT;
+`redis://…` (also `rediss://`, `redis+unix://`, `redis+sentinel://`, `redis+cluster://`) shares them, so
+every worker and replica enforces one budget per key. The storage is built once per app (`create_app`):
+a bad URI, an unsupported scheme or a missing client library stops start-up with a message that names
+the scheme and host, never the password.
+
+Redis calls are blocking (limits' async storages need other client libraries): the whole check then runs
+in a worker thread (`guard` → `check_async`), never on the event loop; with `memory://` it stays inline
+(microseconds). Every Redis call has RATE_LIMIT_STORAGE_TIMEOUT_S as connect and read timeout and one
+immediate retry on a broken connection (a Redis restart), none on a timeout, instead of redis-py's
+default of three retries with back-off (seconds per call against a dead host).
+
+Storage failures (any exception from the storage) are never a 500. The request is decided by
+RATE_LIMIT_STORAGE_FAILURE: `local` (default) counts it in this worker's memory instead (limits keep
+working, per worker, as with memory://), `open` lets it through uncounted, `closed` refuses it with 503
+and Retry-After. After a failure the storage is left alone for RECHECK_S, so a dead host costs one
+timeout per second per worker, not one per request. Each such request counts in
+`loupe_rate_limit_storage_errors_total{mode}`; the log says when the storage goes away (once), how many
+calls failed (at most once a minute) and when it is back. API keys are checked in every mode.
+
 Probes (/health, /v1/version, /metrics) and the page are not under the /v1 router's dependency.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
+import logging
 import math
+import os
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import anyio.to_thread
 from fastapi import Request, Response
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage
+from limits.errors import ConfigurationError
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from app.core.config import Settings
-from app.core.errors import RateLimited, Unauthorized
+from app.core.config import RATE_LIMIT_STORAGE_SCHEMES, Settings
+from app.core.errors import RateLimited, ServiceUnavailable, Unauthorized
+from app.core.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMIT_STORAGE_UP
 from app.core.security import key_is_valid, presented_key
+
+log = logging.getLogger("loupe.ratelimit")
+
+FailureMode = Literal["local", "open", "closed"]
+#: after a storage failure, requests are decided by the failure mode without calling the storage for this long
+RECHECK_S = 1.0
+#: while the storage stays unreachable, one log line per this many seconds (with the count of failed calls)
+LOG_EVERY_S = 60.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -67,29 +104,269 @@ def client_ip(peer: str | None, forwarded_for: list[str], trusted: list[Network]
     return hops[0] if hops else peer
 
 
+# --- the storage -----------------------------------------------------------------------------------------
+
+
+class StorageConfigError(ValueError):
+    """RATE_LIMIT_STORAGE_URI cannot be used: raised by `create_app`, so start-up stops with this message."""
+
+
+_SECRET_PARAMS = ("password", "sentinel_password", "token")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI for logs and messages: user info and password-like query values replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri.split("://", 1)[0] + "://***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_PARAMS) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def storage_scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
+
+
+def _secrets(uri: str) -> list[str]:
+    try:
+        parts = urlsplit(uri)
+        found = [parts.password or "", parts.username or ""]
+        found += [v for k, v in parse_qsl(parts.query) if any(w in k.lower() for w in _SECRET_PARAMS)]
+    except ValueError:
+        found = []
+    return [s for s in found if len(s) >= 3]
+
+
+def storage_options(scheme: str, timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments for the storage's client (limits passes them to redis-py): a connect and read timeout,
+    one immediate retry on a broken connection and none on a timeout, and a client name that says which
+    process holds the connection (`CLIENT LIST`). Options in the URI's query string win (redis://, rediss://)."""
+    if scheme == "memory":
+        return {}
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    timeouts = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    options: dict[str, Any] = {**timeouts, "client_name": f"loupe-{os.getpid()}",
+                               "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))}
+    if scheme == "redis+sentinel":
+        options["sentinel_kwargs"] = dict(timeouts)  # the sentinels' own connections (limits passes {} otherwise)
+    if scheme == "redis+cluster":
+        options["cluster_error_retry_attempts"] = 1
+    return options
+
+
+def make_storage(uri: str, timeout_s: float) -> Storage | None:
+    """The storage of RATE_LIMIT_STORAGE_URI; StorageConfigError when it cannot be used (bad URI, unsupported
+    scheme, missing client library); None when it is valid but could not be built now because its servers
+    did not answer (redis+cluster connects while it is built): it is built again on first use."""
+    scheme = storage_scheme(uri)
+    shown = redact_uri(uri)
+    if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+        raise StorageConfigError(f"RATE_LIMIT_STORAGE_URI {shown}: scheme {scheme or '(none)'} is not supported; "
+                                 f"use one of {', '.join(s + '://' for s in RATE_LIMIT_STORAGE_SCHEMES)}")
+    try:
+        options = storage_options(scheme, timeout_s)
+    except ImportError as exc:
+        raise StorageConfigError(f"RATE_LIMIT_STORAGE_URI {shown} needs the redis package ({exc})") from None
+    try:
+        storage = storage_from_string(uri, wrap_exceptions=True, **options)
+    except (ConfigurationError, ValueError, TypeError, ImportError) as exc:
+        raise StorageConfigError(f"RATE_LIMIT_STORAGE_URI {shown} cannot be used: "
+                                 f"{_scrub(str(exc), uri)}") from None
+    except Exception as exc:  # noqa: BLE001 - a client that connects while it is built; retried on first use
+        log.warning("rate-limit storage %s could not be reached at start-up (%s: %s); it is tried again on the "
+                    "first request", shown, type(exc).__name__, _scrub(str(exc), uri))
+        return None
+    if not isinstance(storage, Storage):
+        raise StorageConfigError(f"RATE_LIMIT_STORAGE_URI {shown}: only synchronous storages are supported")
+    return storage
+
+
+def _scrub(text: str, uri: str) -> str:
+    for secret in _secrets(uri):
+        text = text.replace(secret, "***")
+    return text[:300]
+
+
+#: where a check counts: "main" (the app's storage), this worker's fallback counters, or nowhere (None)
+Counters = Literal["main"] | MovingWindowRateLimiter | None
+
+
+class _StorageDown(Exception):
+    """The shared storage failed (or is being left alone after a failure): the failure mode decides."""
+
+
+@dataclass
+class StorageState:
+    """Whether the shared storage answered last time, for /health, the log and the back-off; thread safe
+    (checks run in worker threads)."""
+
+    uri: str
+    failure_mode: FailureMode
+    reachable: bool | None = None  # None: not called yet
+    last_error: str | None = None
+    last_change: float = field(default_factory=time.time)
+    failed_calls: int = 0  # since it was last reachable
+    _retry_at: float = 0.0
+    _logged_at: float = 0.0
+    _logged_count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def scheme(self) -> str:
+        return storage_scheme(self.uri)
+
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._retry_at
+
+    def failed(self, exc: BaseException) -> None:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc  # limits' StorageError wraps redis' error
+        if hasattr(cause, "storage_error"):
+            cause = cause.storage_error
+        error = _scrub(f"{type(cause).__name__}: {cause}", self.uri)
+        now = time.monotonic()
+        with self._lock:
+            self._retry_at = now + RECHECK_S
+            self.failed_calls += 1
+            self.last_error = error
+            first = self.reachable is not False
+            if first:
+                self.reachable, self.last_change = False, time.time()
+            due = first or now - self._logged_at >= LOG_EVERY_S
+            if due:
+                count, self._logged_at, self._logged_count = self.failed_calls - self._logged_count, now, self.failed_calls
+        RATE_LIMIT_STORAGE_UP.set(0)
+        if first:
+            log.warning("rate-limit storage %s unreachable (%s); until it answers, requests are %s",
+                        redact_uri(self.uri), error, _MODE_WORDS[self.failure_mode])
+        elif due:
+            log.warning("rate-limit storage %s still unreachable: %d failed calls in the last %.0f s (last: %s)",
+                        redact_uri(self.uri), count, LOG_EVERY_S, error)
+
+    def succeeded(self) -> None:
+        if self.reachable:
+            return
+        with self._lock:
+            was_down, failed = self.reachable is False, self.failed_calls
+            self.reachable, self.last_error, self.failed_calls, self._logged_count = True, None, 0, 0
+            self.last_change = time.time()
+        RATE_LIMIT_STORAGE_UP.set(1)
+        if was_down:
+            log.warning("rate-limit storage %s reachable again (%d failed calls while it was not)",
+                        redact_uri(self.uri), failed)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"storage": self.scheme, "shared": self.scheme != "memory", "failure_mode": self.failure_mode,
+                "reachable": self.reachable, "last_error": self.last_error, "since": self.last_change}
+
+
+_MODE_WORDS = {"local": "counted in each worker's memory instead (per-worker limits)",
+               "open": "let through without rate limits", "closed": "refused with 503"}
+
+
+# --- the checks ------------------------------------------------------------------------------------------
+
+
 @dataclass
 class AccessControl:
-    """The limits of one app: parsed once from the settings at start-up."""
+    """The limits of one app: parsed once from the settings at start-up, with their storage."""
 
     keys: list[str]
     rate_items: list[RateLimitItem]
     auth_fail_items: list[RateLimitItem]
     trusted: list[Network] | None
     strategy: MovingWindowRateLimiter = field(default_factory=lambda: MovingWindowRateLimiter(MemoryStorage()))
+    storage_uri: str = "memory://"
+    failure_mode: FailureMode = "local"
+    timeout_s: float = 0.5
+    state: StorageState = field(init=False)
+    #: this worker's own counters: the `local` failure mode's fallback
+    local: MovingWindowRateLimiter = field(default_factory=lambda: MovingWindowRateLimiter(MemoryStorage()))
+    _build_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: bool = False  # the shared storage is still to be built (its servers did not answer at start-up)
+
+    def __post_init__(self) -> None:
+        self.state = StorageState(self.storage_uri, self.failure_mode)
+        RATE_LIMIT_STORAGE_UP.set(1)  # until a call says otherwise (memory:// never fails)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessControl:
-        return cls(keys=settings.api_key_list,
-                   rate_items=parse_many(settings.rate_limit) if settings.rate_limit.strip() else [],
-                   auth_fail_items=parse_many(settings.auth_fail_limit) if settings.auth_fail_limit.strip() else [],
-                   trusted=parse_networks(settings.forwarded_allow_ips))
+        uri = settings.rate_limit_storage_uri.strip()
+        storage = make_storage(uri, settings.rate_limit_storage_timeout_s)
+        access = cls(keys=settings.api_key_list,
+                     rate_items=parse_many(settings.rate_limit) if settings.rate_limit.strip() else [],
+                     auth_fail_items=parse_many(settings.auth_fail_limit) if settings.auth_fail_limit.strip() else [],
+                     trusted=parse_networks(settings.forwarded_allow_ips),
+                     storage_uri=uri, failure_mode=settings.rate_limit_storage_failure,
+                     timeout_s=settings.rate_limit_storage_timeout_s)
+        if storage is not None:
+            access.strategy = MovingWindowRateLimiter(storage)
+        else:
+            access._pending = True
+        return access
+
+    @property
+    def shared(self) -> bool:
+        """Counters in a storage outside this process (calls that may block, fail or time out)."""
+        return storage_scheme(self.storage_uri) != "memory"
+
+    def _shared_strategy(self) -> MovingWindowRateLimiter:
+        if self._pending:
+            with self._build_lock:
+                if self._pending:
+                    storage = make_storage(self.storage_uri, self.timeout_s)
+                    if storage is None:
+                        raise ConnectionError("the storage's servers did not answer")
+                    self.strategy, self._pending = MovingWindowRateLimiter(storage), False
+        return self.strategy
+
+    def _call(self, where: Counters, op: str, item: RateLimitItem, bucket: str) -> Any:
+        """`op(item, bucket)` on the app's storage ("main") or on `where`; a failure of a shared storage (or a
+        recent one) raises _StorageDown."""
+        if where != "main":
+            assert where is not None
+            return getattr(where, op)(item, bucket)
+        if not self.shared:
+            return getattr(self.strategy, op)(item, bucket)
+        if self.state.backing_off():
+            raise _StorageDown
+        try:
+            out = getattr(self._shared_strategy(), op)(item, bucket)
+        except Exception as exc:  # noqa: BLE001 - whatever the storage raises, the failure mode decides, never a 500
+            self.state.failed(exc)
+            raise _StorageDown from exc
+        self.state.succeeded()
+        return out
+
+    def probe(self) -> bool:
+        """One call to the storage (start-up): records and returns whether it answered."""
+        if not self.shared:
+            return True
+        try:
+            storage = self._shared_strategy().storage
+            connection = getattr(storage, "get_connection", None)  # the redis client: its PING says why it fails
+            if not (connection().ping() if connection is not None else storage.check()):
+                raise ConnectionError("no answer to PING")
+        except Exception as exc:  # noqa: BLE001
+            self.state.failed(exc)
+            return False
+        self.state.succeeded()
+        return True
 
     def client_ip(self, request: Request) -> str:
         peer = request.client.host if request.client else None
         return client_ip(peer, request.headers.getlist("x-forwarded-for"), self.trusted)
 
-    def _refuse(self, item: RateLimitItem, bucket: str, what: str) -> RateLimited:
-        stats = self.strategy.get_window_stats(item, bucket)
+    def _refuse(self, strategy: Counters, item: RateLimitItem, bucket: str,
+                what: str) -> RateLimited:
+        stats = self._call(strategy, "get_window_stats", item, bucket)
         retry = max(1, math.ceil(stats.reset_time - time.time()))
         return RateLimited(
             f"{what}: {item}. Retry in {retry} s.", detail={"limit": str(item), "retry_after_s": retry},
@@ -98,18 +375,41 @@ class AccessControl:
 
     def check(self, request: Request, response: Response, key: str | None = None) -> None:
         """`key`: the key a route reads from elsewhere than the headers (Sightengine's `api_secret`);
-        the headers' key wins when both are sent."""
+        the headers' key wins when both are sent. Blocking with a shared storage: see `check_async`."""
         ip = self.client_ip(request)
         request.state.client_ip = ip
+        try:
+            self._check(request, response, key, ip, "main")
+        except _StorageDown:
+            RATE_LIMIT_STORAGE_ERRORS.labels(self.failure_mode).inc()
+            if self.failure_mode == "closed":
+                raise ServiceUnavailable(
+                    "Rate limits cannot be checked now (their storage is unreachable). Retry shortly.",
+                    detail={"reason": "rate_limit_storage_unreachable", "storage": self.state.scheme,
+                            "retry_after_s": math.ceil(RECHECK_S)},
+                    headers={"Retry-After": str(math.ceil(RECHECK_S))}) from None
+            self._check(request, response, key, ip, self.local if self.failure_mode == "local" else None)
+
+    async def check_async(self, request: Request, response: Response, key: str | None = None) -> None:
+        """`check`, in a worker thread when the storage is shared (its calls block up to the timeout)."""
+        if self.shared:
+            await anyio.to_thread.run_sync(functools.partial(self.check, request, response, key))
+        else:
+            self.check(request, response, key)
+
+    def _check(self, request: Request, response: Response, key: str | None, ip: str,
+               strategy: Counters) -> None:
+        """The checks against `strategy`'s counters ("main": the app's storage; None: count nothing, the `open`
+        failure mode)."""
         if self.keys:
             fail_bucket = "authfail:" + ip
-            for item in self.auth_fail_items:
-                if not self.strategy.test(item, fail_bucket):
-                    raise self._refuse(item, fail_bucket, "Too many failed authentications from this address")
+            for item in self.auth_fail_items if strategy is not None else ():
+                if not self._call(strategy, "test", item, fail_bucket):
+                    raise self._refuse(strategy, item, fail_bucket, "Too many failed authentications from this address")
             candidate = presented_key(request) or (key.strip() if key and key.strip() else None)
             if candidate is None or not key_is_valid(candidate, self.keys):
-                for item in self.auth_fail_items:
-                    self.strategy.hit(item, fail_bucket)
+                for item in self.auth_fail_items if strategy is not None else ():
+                    self._call(strategy, "hit", item, fail_bucket)
                 if candidate is None:
                     raise Unauthorized("An API key is required: send it as X-Api-Key or Authorization: Bearer.")
                 raise Unauthorized("The API key is not valid.")
@@ -117,13 +417,13 @@ class AccessControl:
             bucket = "key:" + hashlib.sha256(candidate.encode()).hexdigest()[:16]
         else:
             bucket = "ip:" + ip
-        if not self.rate_items:
+        if not self.rate_items or strategy is None:
             return
         for item in self.rate_items:
-            if not self.strategy.hit(item, bucket):
-                raise self._refuse(item, bucket, "Rate limit exceeded")
+            if not self._call(strategy, "hit", item, bucket):
+                raise self._refuse(strategy, item, bucket, "Rate limit exceeded")
         first = self.rate_items[0]
-        stats = self.strategy.get_window_stats(first, bucket)
+        stats = self._call(strategy, "get_window_stats", first, bucket)
         response.headers["X-RateLimit-Limit"] = str(first.amount)
         response.headers["X-RateLimit-Remaining"] = str(max(0, stats.remaining))
         response.headers["X-RateLimit-Reset"] = str(int(stats.reset_time))
@@ -131,4 +431,4 @@ class AccessControl:
 
 async def guard(request: Request, response: Response) -> None:
     """FastAPI dependency of every protected route: authentication and rate limits, in that order."""
-    request.app.state.access.check(request, response)
+    await request.app.state.access.check_async(request, response)

@@ -27,9 +27,20 @@ class ModelStatus(BaseModel):
     thread_safe: bool | None = Field(None, description="False: it runs on its own single-thread executor.")
 
 
+class RateLimitStorage(BaseModel):
+    storage: str = Field(description="RATE_LIMIT_STORAGE_URI's scheme only (memory, redis, rediss, redis+sentinel …).")
+    shared: bool = Field(description="Counters shared by every worker and replica (false: memory, per worker).")
+    failure_mode: Literal["local", "open", "closed"] = Field(
+        description="RATE_LIMIT_STORAGE_FAILURE: what a request gets while the storage is unreachable.")
+    reachable: bool | None = Field(description="Whether the last call to the storage succeeded (null: not called yet).")
+    last_error: str | None = Field(None, description="The last call's error while unreachable (no secrets).")
+    since: float = Field(description="Unix time of the last change of `reachable`.")
+
+
 class HealthResponse(BaseModel):
     status: HealthStatus = Field(
-        description="`ok`: everything ready. `degraded`: some optional model is not available (the gate still works). "
+        description="`ok`: everything ready. `degraded`: some optional model is not available (the gate still works), "
+                    "or the shared rate-limit storage did not answer last time. "
                     "`unavailable` (HTTP 503): a preloaded model failed or the service cannot work.")
     version: str
     api_version: str
@@ -37,6 +48,9 @@ class HealthResponse(BaseModel):
     device: str
     models: dict[str, ModelStatus]
     problems: list[str] = Field(default_factory=list)
+    rate_limit: RateLimitStorage | None = Field(
+        None, description="Where rate limits are counted and whether that storage answered last time (an "
+                          "unreachable shared storage makes the status `degraded`).")
 
 
 class VersionResponse(BaseModel):

@@ -134,7 +134,7 @@ async def sightengine_guard(request: Request, response: Response) -> AsyncIterat
         params = read_params(dict(request.query_params), form)
         request.state.sightengine = params
         secret = params.get("api_secret")
-        request.app.state.access.check(request, response, key=secret if isinstance(secret, str) else None)
+        await request.app.state.access.check_async(request, response, key=secret if isinstance(secret, str) else None)
         yield
     finally:
         if form is not None:

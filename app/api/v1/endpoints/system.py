@@ -27,16 +27,17 @@ def health_payload(request: Request) -> tuple[HealthResponse, int]:
             problems.append(f"preloaded model {name} failed: {m.last_error}")
     if not getattr(state, "accepting", False):
         problems.append("the service is shutting down (its worker pool is closed)")
+    limiter = state.access.state.snapshot()
     status: HealthStatus
     if problems:
         status = "unavailable"
-    elif any(m.state == "failed" or not m.files_present for m in models.values()):
+    elif limiter["reachable"] is False or any(m.state == "failed" or not m.files_present for m in models.values()):
         status = "degraded"
     else:
         status = "ok"
     body = HealthResponse(status=status, version=VERSION, api_version=API_VERSION,
                           uptime_s=round(time.time() - state.started_at, 3), device=registry.device_in_use(),
-                          models=models, problems=problems)
+                          models=models, problems=problems, rate_limit=limiter)
     return body, 503 if status == "unavailable" else 200
 
 
