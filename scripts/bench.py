@@ -269,7 +269,8 @@ def bench_features(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["gate", "models", "tasks", "collections", "cluster", "features", "formats", "all"], nargs="?", default="gate")
+    parser.add_argument("section", choices=["gate", "models", "tasks", "collections", "cluster", "features", "formats", "ray", "all"],
+                        nargs="?", default="gate")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to try")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
@@ -278,6 +279,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="formats: timed runs per format (median)")
     parser.add_argument("--runtimes", nargs="+", choices=["torch", "onnxruntime", "openvino"],
                         help="models: the INFERENCE_RUNTIMEs to measure (default: all three, torch first as the baseline)")
+    parser.add_argument("--ray-images", type=int, default=256, help="ray: photos scored in-process and on Ray")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     print(f"# Loupe bench — {machine()}")
@@ -302,6 +304,10 @@ def main() -> int:
         from scripts.bench_formats import bench_formats
 
         results["formats"] = bench_formats(args)
+    if args.section in ("ray", "all"):
+        from scripts.bench_ray import bench_ray
+
+        results["ray"] = bench_ray(args)
     if args.section in ("cluster", "all"):
         from scripts.bench_cluster import _table
         from scripts.bench_cluster import run as bench_cluster

@@ -42,8 +42,9 @@ class Api:
     """One HTTP client for the run: to --server, or to the real app in this process."""
 
     def __init__(self, server: str | None, api_key: str | None, timeout: float, verbose: bool = False,
-                 overrides: dict[str, Any] | None = None):
+                 overrides: dict[str, Any] | None = None, settings: Any = None):
         self.server = server.rstrip("/") if server else None
+        self.base_settings = settings  # in-process: these Settings (a Ray actor gets the driver's), else the environment's
         self.api_key = api_key
         self.timeout = timeout
         self.verbose = verbose
@@ -51,6 +52,7 @@ class Api:
         self.stack = AsyncExitStack()
         self.client: httpx.AsyncClient | None = None
         self.settings = None
+        self.app: Any = None  # in-process: the app (its state holds the orchestrator and the registry)
 
     @property
     def where(self) -> str:
@@ -64,7 +66,7 @@ class Api:
             self.client = await self.stack.enter_async_context(httpx.AsyncClient(
                 base_url=self.server, headers=headers, timeout=httpx.Timeout(self.timeout, connect=10.0)))
         else:
-            app = build_app(self.verbose, self.overrides)
+            self.app = app = build_app(self.verbose, self.overrides, self.base_settings)
             self.settings = app.state.settings
             await self.stack.enter_async_context(app.router.lifespan_context(app))
             self.client = await self.stack.enter_async_context(httpx.AsyncClient(
@@ -109,15 +111,21 @@ class Api:
         return (await self.catalog()).get("operations", [])
 
 
-def build_app(verbose: bool, overrides: dict[str, Any]):
-    """The real app with the settings of the environment / .env, minus what makes no sense in-process."""
+def cli_settings(verbose: bool, overrides: dict[str, Any] | None = None):
+    """The settings of the environment / .env, minus what makes no sense in-process (auth, rate limits)."""
+    from app.core.config import Settings
+
+    return Settings(**{"log_level": "INFO" if verbose else "ERROR", "log_json": False, "rate_limit": "",
+                       "api_keys": "", "api_key": "", **(overrides or {})})
+
+
+def build_app(verbose: bool, overrides: dict[str, Any], settings: Any = None):
+    """The real app with `settings` (default: `cli_settings`), `overrides` applied."""
     import logging
 
-    from app.core.config import Settings
     from app.main import create_app
 
-    settings = Settings(**{"log_level": "INFO" if verbose else "ERROR", "log_json": False, "rate_limit": "",
-                           "api_keys": "", "api_key": "", **overrides})
+    settings = cli_settings(verbose, overrides) if settings is None else settings.model_copy(update=overrides)
     app = create_app(settings)
     for h in logging.getLogger().handlers:  # keep stdout for our own output
         if getattr(h, "_loupe", False) and isinstance(h, logging.StreamHandler):

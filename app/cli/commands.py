@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -34,22 +35,26 @@ from app.cli.manifest import IMAGE_EXTENSIONS, Item, b64_of, collect
 from app.cli.parser import ANALYSES, build_parser
 from app.cli.sheet import THUMB_MAX_PIXELS, export_best, groups_json, render_contact_sheet, thumbnail_data_uri
 from app.cli.tasks import TaskRun, check_csv_header, read_task_run, save_crops, task_row
-from app.cli.writer import OutputLock, Writer, load_done
+from app.cli.writer import OutputLock, RowSink, Writer, load_done
 
 
 # --- score -----------------------------------------------------------------------------------------------------
-async def read_batch(batch: list[Item], writer: Writer) -> tuple[list[dict[str, Any]], list[Item]]:
-    """The images of a batch as API inputs; a file that cannot be read is an error row at once."""
+async def read_batch(batch: list[Item], writer: RowSink) -> tuple[list[dict[str, Any]], list[Item]]:
+    """The images of a batch as API inputs (bytes in hand, else the URL, else the file); a file that cannot be
+    read is an error row at once."""
     images: list[dict[str, Any]] = []
     sendable: list[Item] = []
     for it in batch:
-        if it.url:
+        if it.url and it.data is None:
             images.append({"url": it.url, "image_id": it.image_id[:256]})
             sendable.append(it)
             continue
-        assert it.path is not None  # an Item is a URL or a file
         try:
-            data = await asyncio.to_thread(b64_of, it.path)
+            if it.data is not None:  # read already (the Ray engine's read tasks; an object-store key)
+                data = base64.b64encode(it.data).decode("ascii")
+            else:
+                assert it.path is not None  # an Item is a URL, a file or bytes in hand
+                data = await asyncio.to_thread(b64_of, it.path)
         except OSError as exc:
             writer.write(it, None, {"type": "unreadable_file", "message": f"{type(exc).__name__}: {exc.strerror or exc}"})
             continue
@@ -58,7 +63,7 @@ async def read_batch(batch: list[Item], writer: Writer) -> tuple[list[dict[str, 
     return images, sendable
 
 
-async def post_batch(api: Api, path: str, payload: dict[str, Any], sendable: list[Item], writer: Writer,
+async def post_batch(api: Api, path: str, payload: dict[str, Any], sendable: list[Item], writer: RowSink,
                      retries: int) -> tuple[int, Any] | None:
     """POST with retries on 429; None when it timed out (every image then has its error row)."""
     for attempt in range(retries + 1):
@@ -76,7 +81,7 @@ async def post_batch(api: Api, path: str, payload: dict[str, Any], sendable: lis
     return status, body
 
 
-async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], writer: Writer, retries: int = 3) -> None:
+async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], writer: RowSink, retries: int = 3) -> None:
     """Send one /v1/analyze/batch request; every image ends as a row (result or error)."""
     images, sendable = await read_batch(batch, writer)
     if not sendable:
@@ -99,7 +104,7 @@ async def score_batch(api: Api, batch: list[Item], flags: dict[str, bool], write
         writer.write(it, None, err)
 
 
-async def score_tasks_batch(api: Api, batch: list[Item], run: TaskRun, writer: Writer, retries: int = 3) -> None:
+async def score_tasks_batch(api: Api, batch: list[Item], run: TaskRun, writer: RowSink, retries: int = 3) -> None:
     """Send one /v1/tasks/batch request; every image ends as a row (its task results, or its error). A task
     list the server refuses (422) or a server without the endpoint (404) stops the run: RefusedError."""
     images, sendable = await read_batch(batch, writer)
@@ -219,6 +224,16 @@ async def score_items(args: argparse.Namespace, items: list[Item], run: TaskRun 
 
 
 # --- cluster ---------------------------------------------------------------------------------------------------
+def cluster_ids(items: list[Item]) -> list[str]:
+    """The image ids of a photo set: the keys, unique and at most 256 characters."""
+    return [it.key if len(it.key) <= 256 else f"#{n}:{it.key[-200:]}" for n, it in enumerate(items)]
+
+
+def shots_text(items: list[Item]) -> str:
+    n_files = sum(1 + len(it.companions) for it in items)
+    return f"{len(items)} shot(s)" + (f" ({n_files} files)" if n_files != len(items) else "")
+
+
 async def run_cluster(args: argparse.Namespace) -> int:
     root: Path = args.folder
     if not root.is_dir():
@@ -227,22 +242,15 @@ async def run_cluster(args: argparse.Namespace) -> int:
     items = collect(root, exclude=[export_dir] if export_dir else [])
     if not items:
         raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
-    ids: list[str] = []
-    for n, it in enumerate(items):  # ids must be unique and at most 256 characters
-        ids.append(it.key if len(it.key) <= 256 else f"#{n}:{it.key[-200:]}")
-    key_of = dict(zip(ids, (it.key for it in items)))
+    ids = cluster_ids(items)
     path_of: dict[str, Path] = {}
     for it in items:
         assert it.path is not None  # a folder's items are files
         path_of[it.key] = it.path
-    companions_of = {it.key: it.companions for it in items if it.companions}
-    companion_keys = {it.key: it.companion_keys for it in items if it.companions}
-    n_files = sum(len(it.files) for it in items)
-    shots_txt = f"{len(items)} shot(s)" + (f" ({n_files} files)" if n_files != len(items) else "")
     t0 = time.perf_counter()
     progress = args.progress
     if progress:
-        print(f"reading {shots_txt}…", file=sys.stderr)
+        print(f"reading {shots_text(items)}…", file=sys.stderr)
     images = []
     unreadable: list[dict[str, Any]] = []
     for iid, it in zip(ids, items):
@@ -277,6 +285,17 @@ async def run_cluster(args: argparse.Namespace) -> int:
         thumbs = dict(zip(ids, tqdm(pool.map(lambda it: thumbnail_data_uri(it.path, args.thumb_size, max_pixels), items),
                                     total=len(items), desc="thumbnails", unit="img", file=sys.stderr,
                                     disable=not progress)))
+    return write_cluster_outputs(args, root, body, items, ids, thumbs, elapsed)
+
+
+def write_cluster_outputs(args: argparse.Namespace, root: Path | str, body: dict[str, Any], items: list[Item],
+                          ids: list[str], thumbs: dict[str, str | None], elapsed: float) -> int:
+    """PREFIX.html and PREFIX.json from the /v1/cluster/images answer `body` (or the Ray engine's merge of the
+    same), --copy-best / --link-best, and the summary line (both engines)."""
+    key_of = dict(zip(ids, (it.key for it in items)))
+    companions_of = {it.key: it.companions for it in items if it.companions}
+    companion_keys = {it.key: it.companion_keys for it in items if it.companions}
+    shots_txt = shots_text(items)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     html_path = out.with_name(out.name + ".html")
@@ -286,7 +305,9 @@ async def run_cluster(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     msg = (f"{shots_txt} → {len(summary['groups'])} group(s), {len(summary['singletons'])} unique, "
            f"{len(summary['failed'])} failed; wrote {html_path} and {json_path}")
+    export_dir = args.copy_best or args.link_best
     if export_dir:
+        path_of = {it.key: it.path for it in items if it.path is not None}
         shots, files = export_best(summary["keep"], path_of, export_dir, link=bool(args.link_best),
                                    companions_of_key=companions_of)
         msg += f"; {'linked' if args.link_best else 'copied'} {shots} best shot(s) ({files} files) to {export_dir}"
@@ -338,6 +359,24 @@ def main(argv: list[str] | None = None) -> int:
         from app.cli.caption import execute as run_caption_command
 
         return run_caption_command(args)
+    if args.command in ("score", "cluster"):
+        source = args.source if args.command == "score" else args.folder
+        if args.engine == "ray":
+            if args.server:
+                print(f"loupe {args.command}: error: --engine ray runs Loupe on the Ray cluster; drop --server",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            if args.workers is not None and args.workers < 1:
+                print(f"loupe {args.command}: error: --workers must be at least 1", file=sys.stderr)
+                return EXIT_USAGE
+            from app.cli.ray_engine import run_cluster_ray, run_score_ray
+
+            ray_runner = run_score_ray if args.command == "score" else run_cluster_ray
+            return run_to_exit_code(f"loupe {args.command}", lambda: ray_runner(args),
+                                    "; run the same command again to resume" if args.command == "score" else "")
+        if isinstance(source, str):  # parser.source_arg: an s3:// prefix
+            print(f"loupe {args.command}: error: an object-store source ({source}) needs --engine ray", file=sys.stderr)
+            return EXIT_USAGE
     runner = run_score if args.command == "score" else run_cluster
     return run_to_exit_code(f"loupe {args.command}", lambda: asyncio.run(runner(args)),
                             "; run the same command again to resume" if args.command == "score" else "")

@@ -94,6 +94,8 @@ class Item:
     url: str | None = None
     #: files of the same shot that are not analysed (a RAW beside its JPEG or HEIC, …): listed and exported with it
     companions: list[Path] = field(default_factory=list)
+    #: the bytes when already read (the Ray engine's read tasks, an object-store key): sent as they are
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def companion_keys(self) -> list[str]:

@@ -62,6 +62,40 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="Log the in-process service at INFO level on stderr (default: errors only).")
 
 
+def source_arg(text: str) -> Path | str:
+    """A local folder or manifest (a Path), or an object-store prefix kept as written ('s3://bucket/prefix')."""
+    return text if text.lower().startswith("s3://") else Path(text)
+
+
+def add_engine_args(p: argparse.ArgumentParser, command: str) -> None:
+    g = p.add_argument_group("engine (--engine ray: Ray Data on a Ray cluster; see README, \"Bulk scoring on Ray\")")
+    g.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
+                   help="inprocess (the default): this process (or --server). ray: read tasks and an actor pool on a Ray "
+                        "cluster, each actor one in-process Loupe (its models loaded once) running the same pipeline; "
+                        + ("writes PREFIX.parquet (the CSV's columns) and PREFIX.jsonl instead of PREFIX.csv; resumes by "
+                           "path and sha256." if command == "score" else
+                           "features on the cluster, grouping on this machine (sparse DBSCAN), each group ranked by an actor.")
+                        + " Needs `ray[data]`; SOURCE may also be s3://bucket/prefix.")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="With --engine ray: the cluster, `auto` (the one `ray start` runs here) or ray://HOST:10001 (Ray "
+                        "Client). Default: env RAY_ADDRESS, else a Ray started for this run on this machine.")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="With --engine ray: actors in the pool (each holds one Loupe and its models). Default: the "
+                        "cluster's CPUs minus one per node (left to the read tasks), at least 1; each actor asks for at "
+                        "most one CPU, less when N actors would not leave that CPU free.")
+    if command == "cluster":
+        g.add_argument("--batch-size", type=int, default=16, metavar="N",
+                       help="With --engine ray: images per actor call (default: %(default)s).")
+    s3 = p.add_argument_group("object store (s3://bucket/prefix sources; keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                              "AWS_SESSION_TOKEN only)")
+    s3.add_argument("--s3-endpoint", default=None, metavar="URL",
+                    help="An S3-compatible endpoint (http://minio:9000). Default: env AWS_ENDPOINT_URL_S3, else "
+                         "AWS_ENDPOINT_URL, else AWS.")
+    s3.add_argument("--s3-region", default=None, metavar="REGION",
+                    help="Default: env AWS_REGION, else AWS_DEFAULT_REGION.")
+    s3.add_argument("--s3-anonymous", action="store_true", help="Unsigned requests (a public bucket).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="loupe", formatter_class=Formatter,
@@ -93,11 +127,13 @@ examples:
   loupe score urls.csv --aesthetic --faces --emotion --out run1
   LOUPE_API_KEY=… loupe score ~/photos --server http://loupe:8000 --concurrency 4 --batch-size 16
   loupe score ~/photos --tasks tasks.json --crops crops/ --out regions
+  loupe score s3://photos/2024/ --engine ray --address auto --batch-size 32 --out scores
     with tasks.json: [{"operation_id": "person", "type": "detect_bounding_box"},
                       {"operation_id": "tags", "type": "tag_imagenet", "params": {"top": 3}},
                       {"operation_id": "face", "type": "embed_clip", "params": {"target": "prominent_face"}}]
 """)
-    sc.add_argument("source", type=Path, metavar="DIR_OR_MANIFEST", help="Folder of images, or a .csv/.jsonl/.txt manifest.")
+    sc.add_argument("source", type=source_arg, metavar="SOURCE",
+                    help="Folder of images, a .csv/.jsonl/.txt manifest, or s3://bucket/prefix (--engine ray).")
     sc.add_argument("--out", type=Path, default=Path("loupe-scores"), metavar="PREFIX",
                     help="Output prefix: writes PREFIX.csv and PREFIX.jsonl (default: %(default)s).")
     t = sc.add_argument_group("tasks (POST /v1/tasks/batch instead of the analyses)")
@@ -129,6 +165,7 @@ examples:
                    help="When resuming, process again the images whose last row is an error (the new row is appended; "
                         "the last row of an image is the one that counts).")
     add_connection_args(sc)
+    add_engine_args(sc, "score")
 
     cl = sub.add_parser(
         "cluster", formatter_class=Formatter, help="group near-duplicates, pick the best shot → HTML contact sheet + JSON",
@@ -148,8 +185,10 @@ examples:
 examples:
   loupe cluster ~/burst --out contact
   loupe cluster ~/trip --copy-best ~/trip-keepers --fast
+  loupe cluster s3://photos/2024/ --engine ray --address auto --out contact
 """)
-    cl.add_argument("folder", type=Path, metavar="DIR", help="Folder of images (searched recursively).")
+    cl.add_argument("folder", type=source_arg, metavar="DIR",
+                    help="Folder of images (searched recursively), or s3://bucket/prefix (--engine ray).")
     cl.add_argument("--out", type=Path, default=Path("loupe-clusters"), metavar="PREFIX",
                     help="Output prefix: writes PREFIX.html and PREFIX.json (default: %(default)s).")
     ex = cl.add_mutually_exclusive_group()
@@ -172,6 +211,7 @@ examples:
     p.add_argument("--fast", dest="quality_models", action="store_false", help="Same as --no-quality-models.")
     p.add_argument("--thumb-size", type=int, default=256, metavar="PX", help="Longest side of the embedded thumbnails (default: %(default)s).")
     add_connection_args(cl)
+    add_engine_args(cl, "cluster")
 
     tr = sub.add_parser(
         "train", formatter_class=Formatter, help="train per-collection classifiers on embeddings → CLASSIFIER_DIR",

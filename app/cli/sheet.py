@@ -32,12 +32,21 @@ def thumbnail_data_uri(path: Path, size: int = 256, max_pixels: int = THUMB_MAX_
     The file is decoded the way the service decodes it (`decode_image`: format sniffed from the bytes, EXIF /
     HEIF orientation applied, alpha on white), asking for at least twice the thumbnail's size, so a large JPEG
     is decoded reduced and a camera RAW from its embedded preview or a half-size demosaic."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return thumbnail_of_bytes(data, size, max_pixels)
+
+
+def thumbnail_of_bytes(data: bytes, size: int = 256, max_pixels: int = THUMB_MAX_PIXELS) -> str | None:
+    """`thumbnail_data_uri` of bytes in hand (the Ray engine's actors make the thumbnails where the bytes are)."""
     from PIL import Image
 
     from app.imaging.decode import decode_image
 
     try:
-        decoded = decode_image(path.read_bytes(), max_pixels=max_pixels, min_dim=size * 2)
+        decoded = decode_image(data, max_pixels=max_pixels, min_dim=size * 2)
         im = Image.fromarray(decoded.rgb)
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
@@ -74,7 +83,7 @@ figcaption{font-size:12px;margin-top:6px}figcaption .name{font-weight:600;overfl
 """
 
 
-def render_contact_sheet(root: Path, resp: dict[str, Any], key_of: dict[str, str], thumbs: dict[str, str | None],
+def render_contact_sheet(root: Path | str, resp: dict[str, Any], key_of: dict[str, str], thumbs: dict[str, str | None],
                          elapsed_s: float, companions: dict[str, list[str]] | None = None) -> str:
     """The HTML sheet. `companions`: key → the relative paths of the shot's other files (listed under its name)."""
     results = {r.get("image_id"): r for r in resp.get("results", []) if isinstance(r, dict)}
@@ -147,7 +156,7 @@ def render_contact_sheet(root: Path, resp: dict[str, Any], key_of: dict[str, str
     return "".join(parts)
 
 
-def groups_json(root: Path, resp: dict[str, Any], key_of: dict[str, str],
+def groups_json(root: Path | str, resp: dict[str, Any], key_of: dict[str, str],
                 companions: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The summary: paths are the keys (relative to the folder); `companions` (key → the relative paths of the
     shot's other files) is given for every member, failure and under "companions" (shots that have some), and

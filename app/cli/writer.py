@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, Protocol, TextIO
 
 from app.cli.errors import UsageError
 from app.cli.manifest import Item
@@ -69,6 +69,29 @@ def flatten(key: str, image_id: str, result: dict[str, Any] | None, error: dict[
     return row
 
 
+class RowSink(Protocol):
+    """Where each image's row goes: the Writer (in-process engine), or the Ray actors' collector (ray_engine.Rows)."""
+
+    def write(self, item: Item, result: dict[str, Any] | None, error: dict[str, Any] | None) -> None: ...
+
+
+def jsonl_record(item: Item, result: dict[str, Any] | None, error: dict[str, Any] | None) -> dict[str, Any]:
+    """One image's JSONL line (both engines: in-process and Ray): the result or the error, where it came from."""
+    if error is not None:
+        error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
+    source = item.url if item.url else str(item.path)
+    return {"path": item.key, "image_id": item.image_id, "source": source, "companions": item.companion_keys,
+            "error": error, "result": result, "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def table_row(line: dict[str, Any], fields: Sequence[str] = CSV_FIELDS, row: RowFn = flatten) -> dict[str, Any]:
+    """The CSV row (in-process) or Parquet row (Ray) of a JSONL line: the same columns either way."""
+    out = row(line["path"], line["image_id"], line.get("result"), line.get("error"))
+    if "companions" in fields:
+        out["companions"] = ";".join(line.get("companions") or [])
+    return out
+
+
 def load_done(jsonl: Path) -> tuple[set[str], set[str]]:
     """Keys already in the JSONL output: (all, those whose last row is an error)."""
     last_error: dict[str, bool] = {}
@@ -82,6 +105,24 @@ def load_done(jsonl: Path) -> tuple[set[str], set[str]]:
                 if isinstance(obj, dict) and isinstance(obj.get("path"), str):
                     last_error[obj["path"]] = obj.get("error") is not None
     return set(last_error), {k for k, v in last_error.items() if v}
+
+
+def load_done_sha256(jsonl: Path) -> dict[str, tuple[str | None, bool]]:
+    """The last row of each key in the JSONL: key → (the sha256 of the bytes it was scored from, or None when
+    the line does not say; whether it is an error). The Ray engine resumes by (path, sha256) from this."""
+    last: dict[str, tuple[str | None, bool]] = {}
+    if jsonl.exists():
+        with jsonl.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: that image is simply done again
+                if isinstance(obj, dict) and isinstance(obj.get("path"), str):
+                    result = obj.get("result")
+                    sha = obj.get("sha256") or (result.get("sha256") if isinstance(result, dict) else None)
+                    last[obj["path"]] = (sha if isinstance(sha, str) else None, obj.get("error") is not None)
+    return last
 
 
 class Writer:
@@ -121,21 +162,13 @@ class Writer:
         if self.jsonl is None:
             self.open()
         assert self.jsonl is not None and self.csv is not None and self.csv_fh is not None
-        if error is not None:
-            error = {k: error.get(k) for k in ("type", "message", "detail", "status_code") if k in error}
-        source = item.url if item.url else str(item.path)
-        companions = item.companion_keys
-        line = {"path": item.key, "image_id": item.image_id, "source": source, "companions": companions,
-                "error": error, "result": result, "scored_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        line = jsonl_record(item, result, error)
         self.jsonl.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.jsonl.flush()
-        row = self.row(item.key, item.image_id, result, error)
-        if "companions" in self.fields:
-            row["companions"] = ";".join(companions)
-        self.csv.writerow(row)
+        self.csv.writerow(table_row(line, self.fields, self.row))
         self.csv_fh.flush()
         self.rows += 1
-        self.failed += error is not None
+        self.failed += line["error"] is not None
 
     def close(self) -> None:
         if self.jsonl is not None:
