@@ -277,8 +277,10 @@ def main() -> int:
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP measurement")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="cluster sizes")
     parser.add_argument("--rounds", type=int, default=5, help="formats: timed runs per format (median)")
-    parser.add_argument("--runtimes", nargs="+", choices=["torch", "onnxruntime", "openvino"],
-                        help="models: the INFERENCE_RUNTIMEs to measure (default: all three, torch first as the baseline)")
+    parser.add_argument("--runtimes", nargs="+",
+                        choices=["torch", "onnxruntime", "openvino", "onnxruntime+int8", "openvino+int8"],
+                        help="models: the INFERENCE_RUNTIMEs to measure, +int8 = with QUANTIZE=int8 (default: torch "
+                             "first as the baseline, onnxruntime, openvino, onnxruntime+int8)")
     parser.add_argument("--ray-images", type=int, default=256, help="ray: photos scored in-process and on Ray")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()

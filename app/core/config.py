@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     allow_model_downloads: bool = False
     torch_bf16: bool = False
     inference_runtime: Literal["onnxruntime", "openvino", "torch"] = "onnxruntime"  # for the models that export
+    # int8 graphs for NIMA, CLIP's image tower and DINOv2, each used only within its deviation limit (quantize.py)
+    quantize: Literal["none", "int8"] = "none"
+    quantize_calibration_dir: str = ""  # photos to calibrate on; empty = scikit-image's bundled photos
     brisque_path: str = ""
     niqe_path: str = ""
     nima_technical_path: str = ""

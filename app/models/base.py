@@ -71,6 +71,8 @@ class ModelAdapter(ABC):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.device = "cpu"
+        #: the precision an ONNX model runs at (QUANTIZE, app.models.quantize); None for the others
+        self.precision: Any = None
 
     @classmethod
     def on_torch(cls, settings: Settings) -> bool:
@@ -94,7 +96,7 @@ class ModelAdapter(ABC):
     def unload(self) -> None:
         """Drop references to weights (idle TTL). Override when more is held."""
         for attr in list(vars(self)):
-            if attr not in ("settings", "device"):
+            if attr not in ("settings", "device", "precision"):
                 setattr(self, attr, None)
 
     # -- inference -----------------------------------------------------------------

@@ -55,11 +55,13 @@ from app.models.clip_files import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ClipTextTokenizer,
+    clip_image_size,
     clip_tokenizer_file,
     read_clip_preprocessing,
 )
 from app.models.download import hub_snapshot
 from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
+from app.models.quantize import embedding_check, open_session
 from app.models.resample import BICUBIC, resize_uint8
 from app.models.torch_runtime import (
     autocast,
@@ -349,15 +351,17 @@ class ClipAdapter(ModelAdapter):
             self.dim = int(config.projection_dim)
             image_size = int(config.vision_config.image_size)
             self.bf16 = bf16_wanted(self.settings, self.device)
-        else:  # the graphs say what the configs would: no transformers, no torch (unless they must be exported)
+            self.shortest_edge, self.crop, self.mean, self.std = read_clip_preprocessing(path, image_size)
+        else:  # no transformers, no torch (unless the graphs must be exported)
             image_graph, text_graph = self.export_onnx(path)
+            self.shortest_edge, self.crop, self.mean, self.std = read_clip_preprocessing(path, clip_image_size(path))
             threads = torch_threads_for(self.settings)
-            self.image_session = Session(image_graph, runtime, threads)
+            self.image_session, self.precision = open_session(
+                image_graph, self.settings, threads, name=self.name, input_name="pixel_values", prepare=self.prepare,
+                check=embedding_check())
             self.text_session = Session(text_graph, runtime, threads)
             self.device = "cpu"
             self.dim = int(self.image_session.output_shape("embedding")[1] or 0)
-            image_size = int(self.image_session.input_shape("pixel_values")[2] or 224)
-        self.shortest_edge, self.crop, self.mean, self.std = read_clip_preprocessing(path, image_size)
         self.max_text_len = self.tokenizer.max_length
         self.folder, self.model_name = path, name
 

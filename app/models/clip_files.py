@@ -55,6 +55,13 @@ def size_value(size: Any, *keys: str) -> int | None:
     return None
 
 
+def clip_image_size(path: Path) -> int:
+    """The vision tower's input side from `config.json` (CLIPVisionConfig's default 224 when a config saved as a
+    diff from the defaults leaves it out)."""
+    cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    return int((cfg.get("vision_config") or {}).get("image_size") or 224)
+
+
 def read_clip_preprocessing(path: Path, image_size: int) -> tuple[int, tuple[int, int], tuple[float, ...],
                                                                    tuple[float, ...]]:
     """(shortest_edge, (crop height, crop width), mean, std) from the folder's `preprocessor_config.json`;

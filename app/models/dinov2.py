@@ -59,6 +59,7 @@ from app.imaging.decode import DecodedImage
 from app.models.base import ModelAdapter, ModelNotFound
 from app.models.download import hub_snapshot
 from app.models.onnx_runtime import Session, ensure_onnx, export_module, onnx_file_for
+from app.models.quantize import embedding_check, open_session
 from app.models.resample import resize_uint8
 from app.models.torch_runtime import (
     autocast,
@@ -331,8 +332,10 @@ class Dinov2Adapter(ModelAdapter):
         prep = read_preprocessing(path)
         runtime = self.settings.inference_runtime
         if runtime != "torch":
-            self.session = Session(self.export_onnx(path), runtime, torch_threads_for(self.settings))
             self.prep, self.device = prep, "cpu"
+            self.session, self.precision = open_session(
+                self.export_onnx(path), self.settings, torch_threads_for(self.settings), name=self.name,
+                input_name="pixel_values", prepare=self.prepare, check=embedding_check())
             self.dim = int(cfg.get("hidden_size", 768))  # (Dinov2Config's default)
             return
         configure_torch_threads(self.settings)

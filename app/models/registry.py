@@ -35,6 +35,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import ModelUnavailable
+from app.core.memory import release_free_memory
 from app.core.metrics import ANALYSIS_LATENCY, MODEL_LOAD_SECONDS, MODEL_LOADED
 from app.models.base import ModelAdapter, ModelNotFound, State
 from app.models.torch_runtime import resolve_device
@@ -89,6 +90,7 @@ class ModelInfo:
     depends: tuple[str, ...]
     max_batch: int | None
     thread_safe: bool | None
+    precision: dict[str, Any] | None = None  # quantize.Precision.public() of a loaded ONNX model
 
     @property
     def usable(self) -> bool:
@@ -101,7 +103,8 @@ class ModelInfo:
                 "load_time_s": self.load_time_s, "last_error": self.last_error, "preload": self.preload,
                 "path": self.path, "files_present": self.files_present, "source": self.source,
                 "score_range": self.score_range, "higher_is_better": self.higher_is_better,
-                "depends": list(self.depends), "max_batch": self.max_batch, "thread_safe": self.thread_safe}
+                "depends": list(self.depends), "max_batch": self.max_batch, "thread_safe": self.thread_safe,
+                "precision": self.precision}
 
 
 @dataclass
@@ -176,7 +179,8 @@ class ModelRegistry:
             score_range=out.range if out is not None else None,
             higher_is_better=out.higher_is_better if out is not None else None,
             depends=cls.depends if cls is not None else (), max_batch=cls.max_batch if cls is not None else None,
-            thread_safe=cls.thread_safe if cls is not None else None)
+            thread_safe=cls.thread_safe if cls is not None else None,
+            precision=e.adapter.precision.public() if e.adapter is not None and e.adapter.precision else None)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every model's public info, for /health and /v1/operations."""
@@ -236,6 +240,7 @@ class ModelRegistry:
                     f"The model {name!r} is not available: {e.last_error}",
                     detail={"model": name, "state": "failed"},
                 ) from exc
+            release_free_memory()  # the load's parse buffers, freed but resident until given back
             e.adapter = adapter
             e.device = device
             e.load_time_s = time.perf_counter() - t0

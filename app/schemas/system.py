@@ -7,6 +7,17 @@ from pydantic import BaseModel, Field
 HealthStatus = Literal["ok", "degraded", "unavailable"]
 
 
+class ModelPrecision(BaseModel):
+    precision: Literal["fp32", "int8"] = Field(description="What the model runs at (int8 only under QUANTIZE=int8 "
+                                                           "and within int8_limit).")
+    int8_deviation: float | None = Field(
+        None, ge=0, description="Measured distance of its int8 graph from fp32 on held-out photos, in int8_metric's "
+                                "unit; 0 = identical, lower is closer. Null: not quantized (QUANTIZE=none).")
+    int8_metric: str | None = Field(None, description="What int8_deviation measures (a score's mean absolute "
+                                                      "difference as a share of its range, or 1 - min cosine).")
+    int8_limit: float | None = Field(None, ge=0, description="The largest deviation at which int8 is used.")
+
+
 class ModelStatus(BaseModel):
     name: str
     title: str | None = None
@@ -25,6 +36,8 @@ class ModelStatus(BaseModel):
     depends: list[str] = Field(default_factory=list, description="Models whose outputs are this model's inputs.")
     max_batch: int | None = Field(None, description="Largest batch of one forward pass.")
     thread_safe: bool | None = Field(None, description="False: it runs on its own single-thread executor.")
+    precision: ModelPrecision | None = Field(None, description="A loaded ONNX model's precision (QUANTIZE); null "
+                                                               "for the others and before loading.")
 
 
 class RateLimitStorage(BaseModel):
