@@ -46,7 +46,16 @@ import numpy as np
 from app.cli.errors import EXIT_FAILED, EXIT_OK, RefusedError, ServerError, UsageError
 from app.cli.manifest import IMAGE_EXTENSIONS, Item, collect
 from app.cli.objectstore import S3Options, is_object_uri, list_prefix, read_uri
-from app.cli.writer import CSV_FIELDS, OutputLock, RowFn, flatten, jsonl_record, load_done_sha256, table_row
+from app.cli.writer import (
+    CSV_FIELDS,
+    OutputLock,
+    RowFn,
+    flatten,
+    jsonl_lines,
+    jsonl_record,
+    load_done_sha256,
+    table_row,
+)
 
 KIND_FILE, KIND_S3, KIND_URL = "file", "s3", "url"
 ROW_COLUMNS = ("key", "image_id", "kind", "source", "companions", "expect")
@@ -284,17 +293,13 @@ class LoupeActor:
         same orchestrator), plus the perceptual hash, the embedding and the thumbnail, for the driver."""
         from app.imaging.sources import ImageSource
         from app.services import phash as phash_svc
-        from app.services.orchestrator import Plan
+        from app.services.photoset import photoset_plan
         from app.services.results import assemble
 
         orch = self.api.app.state.orchestrator
         registry = orch.registry
-        use_emb = bool(self.options["use_embeddings"])
-        use_clip = use_emb and registry.info("clip").usable
-        mobile = registry.info("mobilenet")
-        use_mobilenet = use_emb and not use_clip and mobile.files_present and mobile.usable
-        plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip,
-                    quality_models=bool(self.options["rank_by_quality_models"]), mobilenet=use_mobilenet)
+        plan = photoset_plan(registry, bool(self.options["use_embeddings"]),
+                             bool(self.options["rank_by_quality_models"]))
         rows = rows_of(batch, READ_COLUMNS)
         readable = [r for r in rows if not r["read_error"]]
         sources = [ImageSource(image_id=r["image_id"], url=r["source"]) if r["kind"] == KIND_URL
@@ -381,16 +386,7 @@ def write_parquet(jsonl_path: Path, parquet_path: Path, fields: tuple[str, ...],
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    last: dict[str, dict[str, Any]] = {}
-    if jsonl_path.exists():
-        with jsonl_path.open(encoding="utf-8") as fh:
-            for text in fh:
-                try:
-                    line = json.loads(text)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(line, dict) and isinstance(line.get("path"), str):
-                    last[line["path"]] = line
+    last = {line["path"]: line for line in jsonl_lines(jsonl_path)}
     rows = [table_row(line, fields, row) for line in last.values()]
     table = pa.table({f: arrow_column([r.get(f, "") for r in rows]) for f in fields})
     tmp = parquet_path.with_name(f".{parquet_path.name}.{os.getpid()}.tmp")

@@ -15,7 +15,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, TextIO
@@ -92,18 +92,24 @@ def table_row(line: dict[str, Any], fields: Sequence[str] = CSV_FIELDS, row: Row
     return out
 
 
+def jsonl_lines(jsonl: Path) -> Iterator[dict[str, Any]]:
+    """The output's lines that name a path, in order (a line cut by a crash is skipped: that image is simply
+    done again)."""
+    if not jsonl.exists():
+        return
+    with jsonl.open(encoding="utf-8") as fh:
+        for text in fh:
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("path"), str):
+                yield obj
+
+
 def load_done(jsonl: Path) -> tuple[set[str], set[str]]:
     """Keys already in the JSONL output: (all, those whose last row is an error)."""
-    last_error: dict[str, bool] = {}
-    if jsonl.exists():
-        with jsonl.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: that image is simply done again
-                if isinstance(obj, dict) and isinstance(obj.get("path"), str):
-                    last_error[obj["path"]] = obj.get("error") is not None
+    last_error = {obj["path"]: obj.get("error") is not None for obj in jsonl_lines(jsonl)}
     return set(last_error), {k for k, v in last_error.items() if v}
 
 
@@ -111,17 +117,10 @@ def load_done_sha256(jsonl: Path) -> dict[str, tuple[str | None, bool]]:
     """The last row of each key in the JSONL: key → (the sha256 of the bytes it was scored from, or None when
     the line does not say; whether it is an error). The Ray engine resumes by (path, sha256) from this."""
     last: dict[str, tuple[str | None, bool]] = {}
-    if jsonl.exists():
-        with jsonl.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: that image is simply done again
-                if isinstance(obj, dict) and isinstance(obj.get("path"), str):
-                    result = obj.get("result")
-                    sha = obj.get("sha256") or (result.get("sha256") if isinstance(result, dict) else None)
-                    last[obj["path"]] = (sha if isinstance(sha, str) else None, obj.get("error") is not None)
+    for obj in jsonl_lines(jsonl):
+        result = obj.get("result")
+        sha = obj.get("sha256") or (result.get("sha256") if isinstance(result, dict) else None)
+        last[obj["path"]] = (sha if isinstance(sha, str) else None, obj.get("error") is not None)
     return last
 
 

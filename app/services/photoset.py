@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -239,14 +239,22 @@ async def common_view_brisque(orch: Orchestrator, group: list[Ingested], terms: 
     return [float(v) if v is not None else None for v in values]
 
 
+def photoset_plan(registry: Any, use_embeddings: bool, rank_by_quality_models: bool) -> Plan:
+    """What a photo set's grouping computes per image (the API's /v1/cluster/images and the CLI's Ray engine):
+    the gate, the quality scores, and one embedding — CLIP's when it can run, else MobileNet's when its file is
+    there, else none (the perceptual hash alone groups)."""
+    use_clip = use_embeddings and registry.info("clip").usable
+    mobile = registry.info("mobilenet")
+    use_mobilenet = use_embeddings and not use_clip and mobile.files_present and mobile.usable
+    return Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=rank_by_quality_models,
+                mobilenet=use_mobilenet)
+
+
 async def cluster_photoset(orch: Orchestrator, sources: list[ImageSource], req: C.PhotoSetRequest) -> C.PhotoSetResponse:
     t0 = time.perf_counter()
     registry = orch.registry
-    use_clip = req.use_embeddings and registry.info("clip").usable
-    mobile = registry.info("mobilenet")
-    use_mobilenet = req.use_embeddings and not use_clip and mobile.files_present and mobile.usable
-    plan = Plan(blur=True, exposure=True, quality=True, embedding=use_clip, quality_models=req.rank_by_quality_models,
-                mobilenet=use_mobilenet)
+    plan = photoset_plan(registry, req.use_embeddings, req.rank_by_quality_models)
+    use_clip, use_mobilenet = plan.embedding, plan.mobilenet
     items = await orch.process(sources, plan)
     results = [assemble(it, plan, orch.settings, orch.registry) for it in items]
     ok = [it for it in items if it.image is not None]
