@@ -11,7 +11,7 @@ sheet.py (cluster's contact sheet and JSON), parser.py (flags and help),
 commands.py (the runs and `main`), errors.py (failures → exit codes). The names
 below are re-exported for tests and scripts that import them from `app.cli`.
 
-`--engine ray` (ray_engine.py) runs the same two commands on a Ray cluster: read tasks,
+`--engine ray` (ray_engine.py; its cluster half ray_cluster.py) runs the same two commands on a Ray cluster: read tasks,
 then actors that each hold one in-process Loupe and call the same `score_batch` /
 `score_tasks_batch` and row code; objectstore.py reads `s3://bucket/prefix` sources.
 """

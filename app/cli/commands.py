@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.workers is not None and args.workers < 1:
                 print(f"loupe {args.command}: error: --workers must be at least 1", file=sys.stderr)
                 return EXIT_USAGE
-            from app.cli.ray_engine import run_cluster_ray, run_score_ray
+            from app.cli.ray_cluster import run_cluster_ray
+            from app.cli.ray_engine import run_score_ray
 
             ray_runner = run_score_ray if args.command == "score" else run_cluster_ray
             return run_to_exit_code(f"loupe {args.command}", lambda: ray_runner(args),

@@ -49,12 +49,12 @@ from app.cli.objectstore import S3Options, is_object_uri, list_prefix, read_uri
 from app.cli.writer import (
     CSV_FIELDS,
     OutputLock,
-    RowFn,
+    check_parquet_columns,
     flatten,
-    jsonl_lines,
     jsonl_record,
     load_done_sha256,
-    table_row,
+    parquet_path_of,
+    write_parquet,
 )
 
 KIND_FILE, KIND_S3, KIND_URL = "file", "s3", "url"
@@ -361,51 +361,6 @@ PHOTOSET_FIELDS = ("eps", "hash_max_distance", "use_embeddings", "rank_by_qualit
 
 
 # --- score -----------------------------------------------------------------------------------------------------------
-def parquet_path_of(out: Path) -> Path:
-    return out.with_name(out.name + ".parquet")
-
-
-def arrow_column(values: list[Any]) -> Any:
-    """A Parquet column of CSV-row values ('' = empty): bool, int64, float64 or string, whichever holds them all."""
-    import pyarrow as pa
-
-    vals = [None if v == "" else v for v in values]
-    present = [v for v in vals if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pa.array(vals, pa.bool_())
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return pa.array(vals, pa.int64())
-    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
-        return pa.array([None if v is None else float(v) for v in vals], pa.float64())
-    return pa.array([None if v is None else str(v) for v in vals], pa.string())
-
-
-def write_parquet(jsonl_path: Path, parquet_path: Path, fields: tuple[str, ...], row: RowFn) -> int:
-    """PREFIX.parquet from PREFIX.jsonl: the CSV's columns (`table_row`), the last row of each path (a resumed
-    or --retry-failed image counts once), in the order paths first appeared. Written aside, then renamed."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    last = {line["path"]: line for line in jsonl_lines(jsonl_path)}
-    rows = [table_row(line, fields, row) for line in last.values()]
-    table = pa.table({f: arrow_column([r.get(f, "") for r in rows]) for f in fields})
-    tmp = parquet_path.with_name(f".{parquet_path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, parquet_path)
-    return len(rows)
-
-
-def check_parquet_columns(parquet_path: Path, fields: tuple[str, ...]) -> None:
-    if not parquet_path.exists():
-        return
-    import pyarrow.parquet as pq
-
-    names = tuple(pq.read_schema(parquet_path).names)
-    if names != fields:
-        raise UsageError(f"{parquet_path} has other columns ({', '.join(names)}) than this run ({', '.join(fields)}): "
-                         "written with other tasks, or without --tasks; pass --no-resume to start over, or another --out")
-
-
 def run_score_ray(args: argparse.Namespace) -> int:
     from app.cli.commands import task_run_of
 
@@ -493,147 +448,3 @@ def score_on_ray(args: argparse.Namespace, items: list[Item], run: Any, s3: S3Op
     print(f"scored {n_rows} image(s) in {dt:.1f} s ({n_rows / dt:.1f}/s) on Ray, {n_failed} failed"
           + (f", {skipped} already done" if skipped else "") + f" → {parquet_path}, {jsonl_path}")
     return EXIT_FAILED if n_failed else EXIT_OK
-
-
-# --- cluster ---------------------------------------------------------------------------------------------------------
-def hamming_links(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
-    """Pairs of 64-bit hashes within `max_distance` bits, without an N×N matrix: as ±1 vectors the euclidean
-    distance is 2·sqrt(Hamming), so DBSCAN (min_samples=2: every linked pair is a core pair) on the sparse radius
-    graph at 2·sqrt(max_distance + 0.5) links exactly those pairs (up to transitivity, which the union takes)."""
-    from app.neighbors import dbscan
-
-    if len(hashes) < 2:
-        return []
-    bits = np.array([[(h >> (63 - b)) & 1 for b in range(64)] for h in hashes], dtype=np.float32) * 2 - 1
-    res = dbscan(bits, eps=2 * float(np.sqrt(max_distance + 0.5)), min_samples=2, metric="euclidean")
-    return [(members[0], m) for members in res.clusters for m in members[1:]]
-
-
-def cosine_threshold_links(vectors: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
-    """`photoset.cosine_links` (cosine ≥ min_cosine) at scale: DBSCAN at cosine distance 1 - min_cosine."""
-    from app.neighbors import dbscan
-
-    if len(vectors) < 2:
-        return []
-    res = dbscan(vectors, eps=max(1e-6, 1.0 - min_cosine), min_samples=2, metric="cosine")
-    return [(members[0], m) for members in res.clusters for m in members[1:]]
-
-
-def group_features(features: list[dict[str, Any]], args: argparse.Namespace, mobilenet_min_cosine: float,
-                   ) -> tuple[list[list[int]], list[int], list[str]]:
-    """(the groups of 2+ and the singletons, as indexes into `features` of the readable images; features used)."""
-    from app.neighbors import UnionFind
-    from app.services.photoset import embedding_links
-
-    ok = [k for k, f in enumerate(features) if not f["error"]]
-    hashes = [int(features[k]["phash"], 16) for k in ok]
-    links = set(hash_links_sorted(hamming_links(hashes, args.hash_max_distance)))
-    used = ["phash"]
-    for kind, name in (("clip", "clip_embedding"), ("mobilenet", "mobilenet")):
-        with_emb = [i for i, k in enumerate(ok) if features[k]["embedding_kind"] == kind]
-        if len(with_emb) < 2:
-            continue
-        vectors = np.stack([np.frombuffer(features[ok[i]]["embedding"], dtype=np.float32) for i in with_emb])
-        pairs = embedding_links(vectors, args.eps) if kind == "clip" else cosine_threshold_links(vectors, mobilenet_min_cosine)
-        links.update(hash_links_sorted([(with_emb[a], with_emb[b]) for a, b in pairs]))
-        used.append(name)
-    uf = UnionFind(len(ok))
-    for a, b in links:
-        uf.union(a, b)
-    groups, singles = [], []
-    for members in uf.components():
-        if len(members) == 1:
-            singles.append(ok[members[0]])
-        else:
-            groups.append([ok[m] for m in members])
-    return groups, singles, used
-
-
-def hash_links_sorted(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(a, b) if a < b else (b, a) for a, b in pairs]
-
-
-def run_cluster_ray(args: argparse.Namespace) -> int:
-    from app.cli.client import cli_settings
-    from app.cli.commands import cluster_ids, shots_text, write_cluster_outputs
-
-    s3 = s3_options(args)
-    export_dir = args.copy_best or args.link_best
-    if is_object_uri(args.folder):
-        if export_dir:
-            raise UsageError("--copy-best / --link-best need a local folder (the source is an object-store prefix)")
-    elif not Path(args.folder).is_dir():
-        raise UsageError(f"{args.folder}: no such folder")
-    items = source_items(args.folder, s3, [export_dir] if export_dir else [])
-    if not items:
-        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {args.folder}")
-    ids = cluster_ids(items)
-    rows = [item_row(it, iid) for it, iid in zip(items, ids)]
-    req = {"eps": args.eps, "hash_max_distance": args.hash_max_distance, "use_embeddings": args.embeddings,
-           "rank_by_quality_models": args.quality_models}
-    settings = cli_settings(args.verbose)
-    if args.progress:
-        print(f"reading {shots_text(items)} on Ray…", file=sys.stderr)
-    t0 = time.perf_counter()
-    ray, started = connect(args.address, args.verbose)
-    try:
-        configure_data(args.progress)
-        plan = cluster_plan(ray, args.workers)
-        batch = max(1, args.batch_size)
-        actor = {"num_cpus": plan.actor_cpus, "compute": ray.data.ActorPoolStrategy(size=plan.workers),
-                 "batch_format": "numpy"}
-        ds = (ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch + 1, 2000)))
-              .map_batches(read_block, batch_size=batch, batch_format="numpy", num_cpus=plan.read_cpus,
-                           fn_kwargs={"s3": s3})
-              .map_batches(LoupeActor, batch_size=batch, **actor,
-                           fn_constructor_kwargs={"settings": settings, "mode": "features", "verbose": args.verbose,
-                                                  "options": {**req, "thumb_size": args.thumb_size}}))
-        by_id: dict[str, dict[str, Any]] = {}
-        with ray_job():
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for f in rows_of(b, FEATURE_COLUMNS):
-                    by_id[f["image_id"]] = f
-        features = [by_id[iid] for iid in ids]
-        groups, singles, used = group_features(features, args, settings.mobilenet_min_cosine)
-        if args.progress:
-            print(f"{len(groups)} group(s) to rank on Ray…", file=sys.stderr)
-        answers: list[dict[str, Any]] = []
-        if groups:
-            largest = max(len(g) for g in groups)
-            group_rows = [{"members": json.dumps([rows[k] for k in g])} for g in groups]
-            ranked = ray.data.from_items(group_rows, override_num_blocks=max(1, min(len(groups), 2000))).map_batches(
-                LoupeActor, batch_size=1, **actor,
-                fn_constructor_kwargs={"settings": settings, "mode": "rank", "verbose": args.verbose,
-                                       "options": {**req, "s3": s3},
-                                       "overrides": {"max_cluster_images": max(largest, settings.max_cluster_images)}})
-            with ray_job():
-                for b in ranked.iter_batches(batch_size=None, batch_format="numpy"):
-                    answers += [json.loads(str(a)) for a in b["answer"]]
-    finally:
-        if started:
-            ray.shutdown()
-    body = merge_answers(features, groups, singles, used, answers, req)
-    thumbs = {f["image_id"]: f["thumb"] or None for f in features}
-    return write_cluster_outputs(args, args.folder, body, items, ids, thumbs, time.perf_counter() - t0)
-
-
-def merge_answers(features: list[dict[str, Any]], groups: list[list[int]], singles: list[int], used: list[str],
-                  answers: list[dict[str, Any]], req: dict[str, Any]) -> dict[str, Any]:
-    """One /v1/cluster/images-shaped answer from the per-image features and the per-group answers."""
-    out_groups: list[dict[str, Any]] = []
-    singletons = [features[k]["image_id"] for k in singles]
-    failed = [{"image_id": f["image_id"], "error": json.loads(f["error"])} for f in features if f["error"]]
-    for answer in answers:
-        if "error" in answer and "groups" not in answer:
-            failed += [{"image_id": iid, "error": answer["error"]} for iid in answer.get("image_ids", [])]
-            continue
-        out_groups += answer.get("groups", [])
-        singletons += answer.get("singletons", [])
-        failed += answer.get("failed", [])
-    out_groups.sort(key=lambda g: (-g["size"], g["best_image_id"]))
-    for gid, g in enumerate(out_groups):
-        g["group_id"] = gid
-    results = [json.loads(f["result"]) for f in features if f["result"]]
-    return {"features_used": used, "groups": out_groups, "singletons": singletons, "failed": failed,
-            "results": results,
-            "params": {**req, "min_samples": 2, "metric": "cosine"}}

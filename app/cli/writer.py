@@ -227,3 +227,49 @@ class OutputLock:
         if self.fh is not None:
             self.path.unlink(missing_ok=True)
             self.fh.close()
+
+
+# --- Parquet (the Ray engine's table output) ---------------------------------------------------------------
+def parquet_path_of(out: Path) -> Path:
+    return out.with_name(out.name + ".parquet")
+
+
+def arrow_column(values: list[Any]) -> Any:
+    """A Parquet column of CSV-row values ('' = empty): bool, int64, float64 or string, whichever holds them all."""
+    import pyarrow as pa
+
+    vals = [None if v == "" else v for v in values]
+    present = [v for v in vals if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.array(vals, pa.bool_())
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.array(vals, pa.int64())
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return pa.array([None if v is None else float(v) for v in vals], pa.float64())
+    return pa.array([None if v is None else str(v) for v in vals], pa.string())
+
+
+def write_parquet(jsonl_path: Path, parquet_path: Path, fields: tuple[str, ...], row: RowFn) -> int:
+    """PREFIX.parquet from PREFIX.jsonl: the CSV's columns (`table_row`), the last row of each path (a resumed
+    or --retry-failed image counts once), in the order paths first appeared. Written aside, then renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    last = {line["path"]: line for line in jsonl_lines(jsonl_path)}
+    rows = [table_row(line, fields, row) for line in last.values()]
+    table = pa.table({f: arrow_column([r.get(f, "") for r in rows]) for f in fields})
+    tmp = parquet_path.with_name(f".{parquet_path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, parquet_path)
+    return len(rows)
+
+
+def check_parquet_columns(parquet_path: Path, fields: tuple[str, ...]) -> None:
+    if not parquet_path.exists():
+        return
+    import pyarrow.parquet as pq
+
+    names = tuple(pq.read_schema(parquet_path).names)
+    if names != fields:
+        raise UsageError(f"{parquet_path} has other columns ({', '.join(names)}) than this run ({', '.join(fields)}): "
+                         "written with other tasks, or without --tasks; pass --no-resume to start over, or another --out")

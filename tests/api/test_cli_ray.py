@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from app import cli
-from app.cli.ray_engine import hamming_links, plan_pool
+from app.cli.ray_cluster import hamming_links
+from app.cli.ray_engine import plan_pool
 from tests.helpers import SHARED_WEIGHTS, encode, gaussian_blur, jpeg_roundtrip, photo
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (requirements.txt pins it)")
