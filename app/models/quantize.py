@@ -105,15 +105,9 @@ def calibration_photos(folder: str | os.PathLike | None) -> tuple[list[np.ndarra
 
     photos: list[np.ndarray] = []
     if folder:
-        files = sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)[:64]
-        if len(files) < 4:
-            raise ValueError(f"QUANTIZE_CALIBRATION_DIR={folder} holds {len(files)} images; int8 needs at least 4")
-        digest = hashlib.sha256()
-        for f in files:
-            data = f.read_bytes()
-            digest.update(hashlib.sha256(data).digest())
-            photos.append(as_rgb(decode_image(data, max_pixels=50_000_000).pixels))
-        name = "dir:" + digest.hexdigest()[:16]
+        files = _folder_images(folder)
+        photos = [as_rgb(decode_image(f.read_bytes(), max_pixels=50_000_000).pixels) for f in files]
+        name = folder_digest(files)
     else:
         try:
             from importlib.metadata import version
@@ -205,18 +199,37 @@ def _run(session: Session, input_name: str, inputs: Sequence[np.ndarray]) -> np.
     return np.concatenate([session.run(**{input_name: x[None]})[0] for x in inputs])
 
 
+def _folder_images(folder: str | os.PathLike) -> list[Path]:
+    files = sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)[:64]
+    if len(files) < 4:
+        raise ValueError(f"QUANTIZE_CALIBRATION_DIR={folder} holds {len(files)} images; int8 needs at least 4")
+    return files
+
+
+def folder_digest(files: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return "dir:" + digest.hexdigest()[:16]
+
+
 def ensure_int8(graph: Path, input_name: str, prepare: Callable[[Any], np.ndarray], check: Int8Check,
                 calibration_dir: str | None) -> tuple[Path, float]:
-    """The int8 graph of `graph` and its measured deviation: quantized and measured unless the cached one was made
-    from this graph with this recipe and calibration set. `prepare` is the adapter's own (DecodedImage → input)."""
-    photos, calib_name = calibration_photos(calibration_dir)
-    key = f"{stamped_source(graph)} {RECIPE} {calib_name}"
+    """The int8 graph of `graph` and its measured deviation: quantized and measured unless a cached one was made
+    from this graph with this recipe — and, when QUANTIZE_CALIBRATION_DIR is set, from that folder's photos (without
+    it, any measured int8 graph of this graph serves: one quantized where scikit-image is installed runs where it is
+    not). `prepare` is the adapter's own (DecodedImage → input)."""
+    prefix = f"{stamped_source(graph)} {RECIPE} "
     dest = int8_file_for(graph)
     with _lock:
         if dest.is_file():
             props = metadata_props(dest)
-            if props.get(SOURCE_KEY) == key and DEVIATION_KEY in props:
+            stamp = props.get(SOURCE_KEY, "")
+            if stamp.startswith(prefix) and DEVIATION_KEY in props and (
+                    not calibration_dir or stamp[len(prefix):] == folder_digest(_folder_images(calibration_dir))):
                 return dest, float(props[DEVIATION_KEY])
+        photos, calib_name = calibration_photos(calibration_dir)
+        key = prefix + calib_name
         inputs = [prepare(as_decoded(rgb)) for rgb in photos]
         # every other photo (with its two copies) calibrates; the rest measure
         calibrate = [x for i, x in enumerate(inputs) if (i // 3) % 2 == 0]

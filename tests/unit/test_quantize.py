@@ -129,3 +129,32 @@ def test_the_nima_checks_measure_the_score_as_a_share_of_its_range():
     out = ref.copy()
     out[0, 4], out[0, 5] = 0.5, 0.5  # mean 5.5: 0.5 of the 9-point range, on one photo of two
     assert aes.measure(ref, out) == pytest.approx(0.25 / 9)
+
+
+def test_a_measured_int8_graph_serves_where_the_calibration_photos_are_not(tmp_path, monkeypatch):
+    """Quantized on a machine with scikit-image (scripts/download_models.py), run where it is not installed;
+    an operator's own calibration folder is honoured: other photos, another int8 graph."""
+    import app.models.quantize as quantize
+
+    folder = write_tiny_clip(tmp_path / "clip")
+    first = load_adapter(ClipAdapter, clip_model_name=str(folder), quantize="int8")
+    graph = first.image_session.path
+    mtime = graph.stat().st_mtime_ns
+
+    def unavailable(_folder):
+        raise ValueError("no calibration photos here")
+
+    monkeypatch.setattr(quantize, "calibration_photos", unavailable)
+    again = load_adapter(ClipAdapter, clip_model_name=str(folder), quantize="int8")
+    assert again.image_session.path == graph and graph.stat().st_mtime_ns == mtime
+    assert again.precision == first.precision
+    monkeypatch.undo()
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for n in ("astronaut", "coffee", "chelsea", "rocket"):
+        (calib / f"{n}.jpg").write_bytes(encode(photo(n)))
+    own = load_adapter(ClipAdapter, clip_model_name=str(folder), quantize="int8", quantize_calibration_dir=str(calib))
+    stamp = metadata_props(graph)[SOURCE_KEY]
+    assert stamp.split()[-1].startswith("dir:") and own.precision.precision == "int8"
+    assert own.precision.int8_deviation != first.precision.int8_deviation  # measured on the folder's photos
