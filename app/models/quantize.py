@@ -101,7 +101,7 @@ def calibration_photos(folder: str | os.PathLike | None) -> tuple[list[np.ndarra
     most 64); else scikit-image's photos. Each photo comes with a blurred and a darkened copy (quality spans)."""
     import cv2
 
-    from app.imaging.decode import decode_image
+    from app.imaging.decode import decode_image, resize_max
 
     photos: list[np.ndarray] = []
     if folder:
@@ -122,11 +122,7 @@ def calibration_photos(folder: str | os.PathLike | None) -> tuple[list[np.ndarra
             photos.append(as_rgb(img.astype(np.uint8)))
         name = f"skimage-{version('scikit-image')}"
     out = []
-    for rgb in photos:
-        long_side = max(rgb.shape[:2])
-        if long_side > 1024:  # the models see at most a few hundred pixels: keep calibration cheap
-            s = 1024 / long_side
-            rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    for rgb in (resize_max(p, 1024) for p in photos):  # the models see a few hundred pixels: calibrate cheaply
         out += [rgb, cv2.GaussianBlur(rgb, (0, 0), 3.0), (rgb.astype(np.float32) * 0.35).astype(np.uint8)]
     return out, name
 
