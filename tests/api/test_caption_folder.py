@@ -20,8 +20,9 @@ from app.cli import main as loupe_main
 from app.cli.caption import caption_of, describe_task
 from app.cli.caption import main as caption_main
 from app.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_SERVER, EXIT_USAGE, RefusedError
+from tests.factories.models import BLIP_WORDS as WORDS
+from tests.factories.models import write_tiny_blip
 from tests.helpers import encode, photo
-from tests.unit.test_caption import WORDS, write_tiny_blip
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -353,7 +353,7 @@ def extras(tmp_path_factory):
     require_real_weights()
     if not MOBILENET.is_dir():
         pytest.skip(f"real MobileNet weights not available: {MOBILENET} is missing")
-    from tests.unit.test_caption import write_tiny_blip
+    from tests.factories.models import write_tiny_blip
     from tests.unit.test_collections import mobilenet_embed, training_copies
 
     root = tmp_path_factory.mktemp("image-embed-extras")

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.factories.models import write_tiny_blip
 from tests.helpers import encode, photo
-from tests.unit.test_caption import write_tiny_blip
 
 
 def b64(raw: bytes) -> str:

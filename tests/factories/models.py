@@ -184,3 +184,39 @@ def write_tiny_dinov2(folder: Path, *, processor=True, seed: int = 0, **processo
     if processor:
         dinov2_processor(**processor_overrides).save_pretrained(str(folder))
     return Path(folder)
+
+
+# -- BLIP ------------------------------------------------------------------------------
+
+BLIP_IMAGE_SIZE = 32
+BLIP_WORDS = ("a an the cat dog man woman sitting standing on in of with next to red blue green white black "
+         "photo picture table street grass sky water tree car room bed plate cup").split()
+
+
+def write_tiny_blip(folder: Path, *, seed: int = 0) -> Path:
+    """config.json + model.safetensors + preprocessor_config.json + tokenizer files in `folder`."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BLIP_WORDS]) + "\n")
+    tok = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder start token
+    tok.save_pretrained(str(folder))
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=tok.bos_token_id,
+                sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=BLIP_IMAGE_SIZE, patch_size=8)
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(BlipConfig(vision_config=vision, text_config=text)).eval()
+    with torch.no_grad():  # BLIP initialises the patch/position embeddings at std 1e-10: every image would look alike
+        for p in model.vision_model.embeddings.parameters():
+            p.normal_(0.0, 1.0)
+        for name, p in model.text_decoder.named_parameters():  # and let the image weigh on the words
+            if "crossattention" in name and name.endswith("weight") and p.dim() == 2:
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(str(folder))
+    BlipImageProcessor(size={"height": BLIP_IMAGE_SIZE, "width": BLIP_IMAGE_SIZE}).save_pretrained(str(folder))
+    return folder
