@@ -23,7 +23,8 @@ from app.core.config import VERSION, Settings, get_settings
 from app.core.errors import ApiError, PayloadTooLarge, validation_failed
 from app.core.logging import request_id_var, setup_logging
 from app.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
-from app.core.ratelimit import AccessControl, redact_uri
+from app.core.ratelimit import AccessControl
+from app.core.ratelimit_storage import redact_uri
 from app.imaging.fetch import make_client
 from app.models.registry import ModelRegistry
 from app.services.orchestrator import Orchestrator

@@ -233,7 +233,7 @@ def test_unsupported_schemes_are_refused_by_the_settings(uri, words):
 
 
 def test_a_sentinel_uri_without_its_service_name_is_refused(app_factory):
-    from app.core.ratelimit import StorageConfigError
+    from app.core.ratelimit_storage import StorageConfigError
 
     with pytest.raises(StorageConfigError, match="service_name") as err:
         app_factory(rate_limit_storage_uri="redis+sentinel://:hunter22@s1:26379,s2:26379")
@@ -247,6 +247,6 @@ def test_a_sentinel_uri_without_its_service_name_is_refused(app_factory):
     ("memory://", "memory://"),
 ])
 def test_logged_uris_carry_no_password(uri, shown):
-    from app.core.ratelimit import redact_uri
+    from app.core.ratelimit_storage import redact_uri
 
     assert redact_uri(uri) == shown
