@@ -20,7 +20,7 @@ from app.models.clip_files import (
 from app.models.laion import LAION_FILES, LaionAestheticAdapter
 from app.models.onnx_runtime import onnx_file_for, stamped_source
 from tests.factories.models import write_tiny_clip
-from tests.helpers import SHARED_WEIGHTS, encode, load_adapter, photo
+from tests.helpers import SHARED_WEIGHTS, cosines, encode, load_adapter, photo
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 RUNTIMES = ("onnxruntime", "openvino")
@@ -35,12 +35,6 @@ TEXTS = [
 
 def rel(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
-
-
-def cosines(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    a = out / np.linalg.norm(out, axis=1, keepdims=True)
-    b = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
 
 
 @pytest.fixture(scope="module")

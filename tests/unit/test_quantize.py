@@ -16,15 +16,9 @@ from app.models.dinov2 import Dinov2Adapter
 from app.models.onnx_runtime import SOURCE_KEY, metadata_props, onnx_file_for
 from app.models.quantize import DEVIATION_KEY, RECIPE, calibration_photos, int8_file_for
 from tests.factories.models import write_tiny_clip, write_tiny_dinov2
-from tests.helpers import decoded, encode, load_adapter, photo
+from tests.helpers import cosines, decoded, encode, load_adapter, photo
 
 pytest.importorskip("skimage", reason="the default calibration photos are scikit-image's")
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
 
 
 @pytest.fixture(scope="module")
