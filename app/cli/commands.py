@@ -243,10 +243,6 @@ async def run_cluster(args: argparse.Namespace) -> int:
     if not items:
         raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     ids = cluster_ids(items)
-    path_of: dict[str, Path] = {}
-    for it in items:
-        assert it.path is not None  # a folder's items are files
-        path_of[it.key] = it.path
     t0 = time.perf_counter()
     progress = args.progress
     if progress:
@@ -254,8 +250,9 @@ async def run_cluster(args: argparse.Namespace) -> int:
     images = []
     unreadable: list[dict[str, Any]] = []
     for iid, it in zip(ids, items):
+        assert it.path is not None  # a folder's items are files
         try:
-            images.append({"base64": await asyncio.to_thread(b64_of, path_of[it.key]), "image_id": iid})
+            images.append({"base64": await asyncio.to_thread(b64_of, it.path), "image_id": iid})
         except OSError as exc:
             unreadable.append({"image_id": iid, "error": {"type": "unreadable_file", "message": str(exc)}})
     payload = {"images": images, "eps": args.eps, "hash_max_distance": args.hash_max_distance,

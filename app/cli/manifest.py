@@ -36,6 +36,11 @@ SOURCE_COLUMNS = ("path", "url", "file", "filename", "image", "source", "src", "
 ID_COLUMNS = ("image_id", "id")
 
 
+def is_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    """A file name a folder (or an object-store prefix) contributes: not hidden, an image extension (any case)."""
+    return not name.startswith(".") and name.lower().endswith(extensions)
+
+
 def iter_images(root: Path, exclude: Iterable[Path] = (), extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Iterator[Path]:
     """Image files under `root` (recursively, sorted, by extension, case-insensitive: every format Loupe reads,
     RAW included, unless `extensions` says otherwise), skipping hidden files and folders and anything under
@@ -46,7 +51,7 @@ def iter_images(root: Path, exclude: Iterable[Path] = (), extensions: tuple[str,
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and not any((here / d).resolve() == ex for ex in excluded))
         for name in sorted(filenames):
-            if not name.startswith(".") and name.lower().endswith(extensions):
+            if is_image_name(name, extensions):
                 yield here / name
 
 

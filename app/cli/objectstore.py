@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from app.cli.errors import UsageError
-from app.cli.manifest import IMAGE_EXTENSIONS, Item, pair_shots
+from app.cli.manifest import Item, is_image_name, pair_shots
 
 SCHEME = "s3://"
 
@@ -101,7 +101,7 @@ def list_prefix(uri: str, opts: S3Options, exclude_prefixes: tuple[str, ...] = (
         if info.type != pafs.FileType.File:
             continue
         rel = PurePosixPath(info.path).relative_to(root) if info.path != root else PurePosixPath(PurePosixPath(root).name)
-        if any(part.startswith(".") for part in rel.parts) or not rel.name.lower().endswith(IMAGE_EXTENSIONS):
+        if any(part.startswith(".") for part in rel.parts[:-1]) or not is_image_name(rel.name):
             continue
         if any(rel.as_posix().startswith(p) for p in exclude_prefixes):
             continue

@@ -64,7 +64,9 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
 
 def source_arg(text: str) -> Path | str:
     """A local folder or manifest (a Path), or an object-store prefix kept as written ('s3://bucket/prefix')."""
-    return text if text.lower().startswith("s3://") else Path(text)
+    from app.cli.objectstore import is_object_uri
+
+    return text if is_object_uri(text) else Path(text)
 
 
 def add_engine_args(p: argparse.ArgumentParser, command: str) -> None:
