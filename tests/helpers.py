@@ -125,3 +125,18 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The CLI's JSONL output, a dict per line."""
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The CLI's CSV output, a dict per row."""
+    import csv
+
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -26,7 +26,18 @@ from PIL import Image
 from app import cli
 from app.core.config import Settings
 from app.main import create_app
-from tests.helpers import PROJECT_ROOT, SHARED_WEIGHTS, clock_motion, encode, gaussian_blur, jpeg_roundtrip, motion_blur, photo
+from tests.helpers import (
+    PROJECT_ROOT,
+    SHARED_WEIGHTS,
+    clock_motion,
+    encode,
+    gaussian_blur,
+    jpeg_roundtrip,
+    motion_blur,
+    photo,
+    read_csv,
+    read_jsonl,
+)
 from tests.servers import free_port
 
 VOLATILE = ("timings_ms", "processing_time_ms", "image_id")
@@ -54,15 +65,6 @@ def write_photos(root: Path) -> dict[str, bytes]:
     (root / ".hidden").mkdir()
     (root / ".hidden" / "skip.jpg").write_bytes(encode(photo("coffee")))
     return files
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def api_results(tmp_path: Path, files: dict[str, bytes], **flags) -> dict[str, dict]:

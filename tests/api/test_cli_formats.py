@@ -26,7 +26,7 @@ from app.cli.sheet import thumbnail_data_uri
 from app.imaging.formats import HEIF_EXTENSIONS, RAW_EXTENSIONS
 from app.imaging.formats import IMAGE_EXTENSIONS as PILLOW_EXTENSIONS
 from tests.factories.formats import avif_bytes, displayed, dng_bytes, heic_bytes
-from tests.helpers import encode, gaussian_blur, jpeg_roundtrip, photo
+from tests.helpers import encode, gaussian_blur, jpeg_roundtrip, photo, read_csv, read_jsonl
 
 BURST = ("IMG_0001", "IMG_0002", "IMG_0003")
 
@@ -68,15 +68,6 @@ def write_shoot(root: Path) -> dict[str, bytes]:
         (root / rel).write_bytes(data)
     (root / "notes.txt").write_text("not an image")
     return files
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def thumbs_of(page: str) -> dict[str, Image.Image]:

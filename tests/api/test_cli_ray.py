@@ -20,7 +20,7 @@ import pytest
 from app import cli
 from app.cli.ray_cluster import hamming_links
 from app.cli.ray_engine import plan_pool
-from tests.helpers import SHARED_WEIGHTS, encode, gaussian_blur, jpeg_roundtrip, photo
+from tests.helpers import SHARED_WEIGHTS, encode, gaussian_blur, jpeg_roundtrip, photo, read_jsonl
 
 ray = pytest.importorskip("ray", reason="ray[data] is not installed (requirements.txt pins it)")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")
@@ -69,10 +69,6 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     return root
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def close(a, b, path="") -> None:
